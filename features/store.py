@@ -1,0 +1,53 @@
+"""The live-state store protocol. Both implementations pass the same contract suite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from features.batch import WriteBatch
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where live state lives: Redis in production, a dict in the embedded mode and tests.
+
+    Writes happen only through :meth:`commit`, all-or-nothing. Reads are small and batched.
+    Every method raises :class:`features.errors.StoreUnavailableError` when the backend is down.
+    """
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Apply every write of ``batch`` atomically, in order."""
+        ...
+
+    def top(self, key: str, k: int) -> list[tuple[str, float]]:
+        """The ``k`` highest-scored members, best first; ties by member, descending."""
+        ...
+
+    def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
+        """Each member's score, or None when absent."""
+        ...
+
+    def zcard(self, key: str) -> int:
+        """Number of members of a sorted set."""
+        ...
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        """All fields of a hash (empty when absent)."""
+        ...
+
+    def get_bytes(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Plain values, None where absent."""
+        ...
+
+    def ttl(self, key: str) -> int | None:
+        """Seconds left to live; None for a key with no expiry or no key."""
+        ...
+
+    def ping(self) -> bool:
+        """True when the backend answers."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,149 @@
+"""The in-memory store of the embedded mode and the unit tests. Same semantics as Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from features.batch import (
+    Delete,
+    Expire,
+    HSet,
+    Op,
+    SetBytes,
+    WriteBatch,
+    ZAdd,
+    ZIncrBy,
+    ZKeepTop,
+    ZScale,
+)
+
+
+def _rank_key(item: tuple[str, float]) -> tuple[float, bytes]:
+    # Redis orders equal scores by member bytes; descending reads reverse both.
+    return (item[1], item[0].encode())
+
+
+class InMemoryStore:
+    """A thread-safe dict-backed :class:`features.store.Store`.
+
+    Examples:
+        >>> from features.batch import WriteBatch
+        >>> store, batch = InMemoryStore(), WriteBatch()
+        >>> batch.zincrby("pop", "a", 2.0); batch.zincrby("pop", "b", 5.0)
+        >>> store.commit(batch)
+        >>> store.top("pop", 1)
+        [('b', 5.0)]
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._zsets: dict[str, dict[str, float]] = {}
+        self._hashes: dict[str, dict[str, str]] = {}
+        self._values: dict[str, bytes] = {}
+        self._expiry: dict[str, float] = {}
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Apply the batch under one lock, so readers never see half of it."""
+        with self._lock:
+            for op in batch:
+                self._apply(op)
+
+    def _apply(self, op: Op) -> None:
+        match op:
+            case ZIncrBy(key, member, amount):
+                zset = self._live_zset(key, create=True)
+                zset[member] = zset.get(member, 0.0) + amount
+            case ZAdd(key, scores):
+                self._live_zset(key, create=True).update(scores)
+            case ZKeepTop(key, keep):
+                zset = self._live_zset(key)
+                if zset is not None and len(zset) > keep:
+                    best = sorted(zset.items(), key=_rank_key, reverse=True)[: max(keep, 0)]
+                    self._zsets[key] = dict(best)
+            case ZScale(key, factor):
+                zset = self._live_zset(key)
+                if zset is not None:
+                    for member in zset:
+                        zset[member] *= factor
+            case HSet(key, fields):
+                self._expire_if_due(key)
+                self._hashes.setdefault(key, {}).update(fields)
+            case SetBytes(key, value):
+                self._delete(key)
+                self._values[key] = value
+            case Expire(key, seconds):
+                if self._exists(key):
+                    self._expiry[key] = self._clock() + seconds
+            case Delete(key):
+                self._delete(key)
+
+    def _exists(self, key: str) -> bool:
+        self._expire_if_due(key)
+        return key in self._zsets or key in self._hashes or key in self._values
+
+    def _expire_if_due(self, key: str) -> None:
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self._delete(key)
+
+    def _delete(self, key: str) -> None:
+        self._zsets.pop(key, None)
+        self._hashes.pop(key, None)
+        self._values.pop(key, None)
+        self._expiry.pop(key, None)
+
+    def _live_zset(self, key: str, create: bool = False) -> dict[str, float] | None:
+        self._expire_if_due(key)
+        zset = self._zsets.get(key)
+        if zset is None and create:
+            zset = self._zsets[key] = {}
+        return zset
+
+    def top(self, key: str, k: int) -> list[tuple[str, float]]:
+        """Best ``k`` members, ordered as ZREVRANGE orders them."""
+        with self._lock:
+            zset = self._live_zset(key)
+            if not zset or k <= 0:
+                return []
+            return sorted(zset.items(), key=_rank_key, reverse=True)[:k]
+
+    def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
+        """Scores of ``members``; None for the absent."""
+        with self._lock:
+            zset = self._live_zset(key) or {}
+            return [zset.get(m) for m in members]
+
+    def zcard(self, key: str) -> int:
+        """Size of a sorted set."""
+        with self._lock:
+            return len(self._live_zset(key) or {})
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        """Copy of a hash."""
+        with self._lock:
+            self._expire_if_due(key)
+            return dict(self._hashes.get(key, {}))
+
+    def get_bytes(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Plain values."""
+        with self._lock:
+            for key in keys:
+                self._expire_if_due(key)
+            return [self._values.get(key) for key in keys]
+
+    def ttl(self, key: str) -> int | None:
+        """Whole seconds left, rounded up as Redis's TTL does."""
+        with self._lock:
+            if not self._exists(key) or key not in self._expiry:
+                return None
+            return max(0, round(self._expiry[key] - self._clock()))
+
+    def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to release."""

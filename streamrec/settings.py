@@ -1,0 +1,89 @@
+"""The one typed settings tree, read from STREAMREC_* variables and an optional TOML file.
+
+Sections are owned by the packages that use them; this root only assembles them, so that
+``features``, ``streams`` and ``serving`` never import the composition root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from features.settings import FeatureSettings
+from serving.settings import ServingSettings
+from streams.settings import TopicSettings, WorkerSettings
+
+#: Environment variable naming an optional TOML config file.
+CONFIG_FILE_ENV = "STREAMREC_CONFIG_FILE"
+
+
+class ServicesSettings(BaseModel):
+    """Local Kafka and Redis that `streamrec services up` runs when none are given."""
+
+    # Directory holding the Kafka jars, the broker's log dirs and Redis's files.
+    data_dir: Path = Field(Path(".streamrec"))
+    # Apache Kafka version whose jars are fetched from Maven Central.
+    kafka_version: str = Field("4.1.1", pattern=r"^\d+\.\d+\.\d+$")
+    # Port of the local broker's client listener.
+    kafka_port: int = Field(9092, ge=1, le=65535)
+    # Port of the local broker's KRaft controller listener.
+    kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    # Port of the local Redis server.
+    redis_port: int = Field(6379, ge=1, le=65535)
+    # Seconds to wait for both services to become ready.
+    ready_timeout_s: float = Field(120.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything streamrec can be told, with a default for each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    # Kafka bootstrap servers (host:port[,host:port]).
+    kafka_bootstrap: str = Field("localhost:9092", min_length=1)
+    # Extra librdkafka properties passed to every client (e.g. SASL/TLS settings).
+    kafka_config: dict[str, str] = Field(default_factory=dict)
+    # Redis URL of the live-state store.
+    redis_url: str = Field("redis://localhost:6379/0", pattern=r"^(redis|rediss|unix)://")
+    # Prefix of every Redis key, so several deployments or test runs can share a server.
+    namespace: str = Field("sr", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings: overrides > environment > config file > defaults."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    return Settings(**overrides)

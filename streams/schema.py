@@ -1,0 +1,182 @@
+"""Event schema v1: the single source of truth for every event on the wire.
+
+Events travel as JSON. ``msgspec`` structs describe them, decode and validate them in one
+pass (with a JSON path in every error), and generate the committed JSON Schema file.
+Unknown extra fields are tolerated so that newer producers can add fields safely.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+
+from features.errors import InvalidEventError
+
+SCHEMA_VERSION = 1
+
+InteractionType: TypeAlias = Literal[
+    "view", "click", "like", "add_to_cart", "purchase", "share", "skip", "dismiss"
+]
+ItemOp: TypeAlias = Literal["upsert", "delete"]
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="Opaque identifier")]
+TimestampMs = Annotated[
+    int, msgspec.Meta(ge=0, le=10**14, description="Event time, milliseconds since the epoch")
+]
+Version = Annotated[int, msgspec.Meta(ge=1, description="Schema version the producer wrote")]
+ShortText = Annotated[str, msgspec.Meta(max_length=256)]
+LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
+ContextValue: TypeAlias = str | int | float | bool
+
+
+class Interaction(msgspec.Struct, kw_only=True, frozen=True):
+    """A user did something with an item. Keyed by ``user_id`` on the interactions topic."""
+
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    type: InteractionType
+    ts: TimestampMs
+    schema_version: Version = SCHEMA_VERSION
+    session_id: Id | None = None
+    request_id: Id | None = None
+    position: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
+    dwell_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    context: Annotated[dict[ShortText, ContextValue], msgspec.Meta(max_length=64)] = {}
+
+
+class Item(msgspec.Struct, kw_only=True, frozen=True):
+    """An item was created, changed or deleted. Keyed by ``item_id`` on the compacted items topic."""
+
+    item_id: Id
+    ts: TimestampMs
+    schema_version: Version = SCHEMA_VERSION
+    op: ItemOp = "upsert"
+    category: ShortText | None = None
+    creator: ShortText | None = None
+    tags: Annotated[list[ShortText], msgspec.Meta(max_length=64)] = []
+    title: LongText | None = None
+    text: LongText | None = None
+    available: bool = True
+    created_at: TimestampMs | None = None
+    embedding: Annotated[list[float], msgspec.Meta(max_length=4096)] | None = None
+
+
+class ImpressionSlot(msgspec.Struct, kw_only=True, frozen=True):
+    """One position of a served feed and how it was chosen."""
+
+    item_id: Id
+    position: Annotated[int, msgspec.Meta(ge=0)]
+    source: ShortText
+    score: float
+    propensity: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class Impression(msgspec.Struct, kw_only=True, frozen=True):
+    """A served feed. Written by serving, keyed by ``user_id`` on the impressions topic."""
+
+    request_id: Id
+    user_id: Id
+    ts: TimestampMs
+    policy: ShortText
+    slots: Annotated[list[ImpressionSlot], msgspec.Meta(max_length=10_000)]
+    schema_version: Version = SCHEMA_VERSION
+
+
+Event: TypeAlias = Interaction | Item | Impression
+
+_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    kind: msgspec.json.Decoder(kind) for kind in (Interaction, Item, Impression)
+}
+_ENCODER = msgspec.json.Encoder()
+
+
+class EventValidator:
+    """Decodes raw bytes into events and rejects bad ones with a precise reason.
+
+    Examples:
+        >>> v = EventValidator(embedding_dim=2, max_payload_bytes=1024, max_future_ms=1000)
+        >>> v.decode(Interaction, b'{"event_id":"e","user_id":"u","item_id":"i",'
+        ...          b'"type":"click","ts":5}', now_ms=10).type
+        'click'
+        >>> v.decode(Interaction, b'{"event_id":"e","user_id":"u","item_id":"i",'
+        ...          b'"type":"poke","ts":5}', now_ms=10)
+        Traceback (most recent call last):
+        ...
+        features.errors.InvalidEventError: Invalid enum value 'poke' - at `$.type`
+    """
+
+    def __init__(self, *, embedding_dim: int, max_payload_bytes: int, max_future_ms: int) -> None:
+        self.embedding_dim = embedding_dim
+        self.max_payload_bytes = max_payload_bytes
+        self.max_future_ms = max_future_ms
+
+    def decode(self, kind: type[Any], raw: bytes | None, *, now_ms: int) -> Any:
+        """Decode one message of ``kind``; raise :class:`InvalidEventError` with the reason."""
+        if raw is None:
+            raise InvalidEventError("empty message (null value)")
+        if len(raw) > self.max_payload_bytes:
+            raise InvalidEventError(
+                f"payload of {len(raw)} bytes exceeds the limit of {self.max_payload_bytes}"
+            )
+        try:
+            event = _DECODERS[kind].decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidEventError(str(exc)) from None
+        self.check(event, now_ms=now_ms)
+        return event
+
+    def check(self, event: Event, *, now_ms: int) -> None:
+        """Checks that need configuration or arithmetic, beyond what the types say."""
+        if event.schema_version > SCHEMA_VERSION:
+            raise InvalidEventError(
+                f"schema_version {event.schema_version} is newer than supported {SCHEMA_VERSION}"
+                " - at `$.schema_version`"
+            )
+        if event.ts > now_ms + self.max_future_ms:
+            raise InvalidEventError(
+                f"ts {event.ts} is {event.ts - now_ms} ms in the future"
+                f" (limit {self.max_future_ms} ms) - at `$.ts`"
+            )
+        if isinstance(event, Item) and event.embedding is not None:
+            _check_embedding(event.embedding, self.embedding_dim)
+        if isinstance(event, Impression):
+            for i, slot in enumerate(event.slots):
+                if not math.isfinite(slot.score):
+                    raise InvalidEventError(f"score is not finite - at `$.slots[{i}].score`")
+
+
+def _check_embedding(values: Sequence[float], dim: int) -> None:
+    if len(values) != dim:
+        raise InvalidEventError(
+            f"embedding has dimension {len(values)}, expected {dim} - at `$.embedding`"
+        )
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise InvalidEventError(f"embedding value is {value} - at `$.embedding[{i}]`")
+
+
+def encode(event: Event) -> bytes:
+    """Encode an event as compact JSON bytes."""
+    return _ENCODER.encode(event)
+
+
+def event_key(event: Event) -> bytes:
+    """The partitioning key: ``user_id`` for interactions and impressions, ``item_id`` for items."""
+    return (event.item_id if isinstance(event, Item) else event.user_id).encode()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of all three event kinds, generated from the structs above."""
+    (schemas, components) = msgspec.json.schema_components(
+        (Interaction, Item, Impression), ref_template="#/$defs/{name}"
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"streamrec events v{SCHEMA_VERSION}",
+        "oneOf": list(schemas),
+        "$defs": components,
+    }

@@ -1,0 +1,39 @@
+"""Settings owned by the stream layer: topic layout and the worker's batching and limits."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class TopicSettings(BaseModel):
+    """Kafka topic names and layout."""
+
+    # Topic of user interactions (view, click, ...), keyed by user_id.
+    interactions: str = Field("streamrec.interactions", min_length=1, max_length=249)
+    # Compacted topic of item upserts and deletes, keyed by item_id.
+    items: str = Field("streamrec.items", min_length=1, max_length=249)
+    # Topic of served feeds (impressions), keyed by user_id.
+    impressions: str = Field("streamrec.impressions", min_length=1, max_length=249)
+    # Dead-letter topic: rejected messages with their origin and reason.
+    dead_letter: str = Field("streamrec.dead-letter", min_length=1, max_length=249)
+    # Partitions of each topic at creation.
+    partitions: int = Field(6, ge=1, le=10_000)
+    # Replication factor of each topic at creation (1 for a single local broker).
+    replication: int = Field(1, ge=1, le=16)
+
+
+class WorkerSettings(BaseModel):
+    """How the worker consumes and applies events."""
+
+    # Kafka consumer group of the workers.
+    group_id: str = Field("streamrec-worker", min_length=1)
+    # Most messages taken from the consumer in one batch.
+    batch_size: int = Field(5000, ge=1, le=1_000_000)
+    # Longest wait for a batch to fill, in milliseconds.
+    batch_timeout_ms: int = Field(50, ge=1, le=60_000)
+    # Largest accepted message, in bytes; larger ones go to the dead-letter topic.
+    max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    # How far in the future an event time may be, in milliseconds, before it is rejected.
+    max_future_ms: int = Field(5 * 60 * 1000, ge=0)
+    # Seconds between heartbeats the worker writes for /health.
+    heartbeat_s: float = Field(2.0, gt=0, le=300)
