@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -21,6 +21,14 @@ class ZAdd:
 
     key: str
     scores: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ZRem:
+    """Remove members."""
+
+    key: str
+    members: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,7 @@ class Delete:
     key: str
 
 
-Op = ZIncrBy | ZAdd | ZKeepTop | ZScale | HSet | SetBytes | Expire | Delete
+Op = ZIncrBy | ZAdd | ZRem | ZKeepTop | ZScale | HSet | SetBytes | Expire | Delete
 
 
 class WriteBatch:
@@ -107,6 +115,11 @@ class WriteBatch:
         """Set members' scores."""
         if scores:
             self._append(ZAdd(key, dict(scores)))
+
+    def zrem(self, key: str, members: Sequence[str]) -> None:
+        """Remove members from a sorted set."""
+        if members:
+            self._append(ZRem(key, tuple(members)))
 
     def zkeeptop(self, key: str, keep: int) -> None:
         """Trim a sorted set to its ``keep`` best members."""

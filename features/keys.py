@@ -27,6 +27,14 @@ class Keys:
         """Sorted set of forward-decayed popularity for one half-life."""
         return f"{self._prefix}:pop:{half_life_s:g}"
 
+    def item(self, item_id: str) -> str:
+        """Hash of one item's catalog record."""
+        return f"{self._prefix}:item:{item_id}"
+
+    def items_by_time(self) -> str:
+        """Sorted set of available items scored by created_at (ms), newest last."""
+        return f"{self._prefix}:items:fresh"
+
     def landmarks(self) -> str:
         """Hash of decay landmark (seconds) per counter key."""
         return f"{self._prefix}:landmarks"

@@ -36,6 +36,10 @@ class Store(Protocol):
         """All fields of a hash (empty when absent)."""
         ...
 
+    def hget_many(self, keys: Sequence[str], field: str) -> list[str | None]:
+        """One field of many hashes, None where absent."""
+        ...
+
     def get_bytes(self, keys: Sequence[str]) -> list[bytes | None]:
         """Plain values, None where absent."""
         ...

@@ -49,7 +49,7 @@ class Interaction(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Item(msgspec.Struct, kw_only=True, frozen=True):
-    """An item was created, changed or deleted. Keyed by ``item_id`` on the compacted items topic."""
+    """An item was created, changed or deleted. Keyed by ``item_id`` on the compacted topic."""
 
     item_id: Id
     ts: TimestampMs

@@ -16,6 +16,7 @@ from features.batch import (
     ZAdd,
     ZIncrBy,
     ZKeepTop,
+    ZRem,
     ZScale,
 )
 
@@ -58,6 +59,11 @@ class InMemoryStore:
                 zset[member] = zset.get(member, 0.0) + amount
             case ZAdd(key, scores):
                 self._live_zset(key, create=True).update(scores)
+            case ZRem(key, members):
+                zset = self._live_zset(key)
+                if zset is not None:
+                    for member in members:
+                        zset.pop(member, None)
             case ZKeepTop(key, keep):
                 zset = self._live_zset(key)
                 if zset is not None and len(zset) > keep:
@@ -126,6 +132,13 @@ class InMemoryStore:
         with self._lock:
             self._expire_if_due(key)
             return dict(self._hashes.get(key, {}))
+
+    def hget_many(self, keys: Sequence[str], field: str) -> list[str | None]:
+        """One field of many hashes."""
+        with self._lock:
+            for key in keys:
+                self._expire_if_due(key)
+            return [self._hashes.get(key, {}).get(field) for key in keys]
 
     def get_bytes(self, keys: Sequence[str]) -> list[bytes | None]:
         """Plain values."""

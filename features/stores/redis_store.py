@@ -19,6 +19,7 @@ from features.batch import (
     ZAdd,
     ZIncrBy,
     ZKeepTop,
+    ZRem,
     ZScale,
 )
 from features.errors import StoreUnavailableError
@@ -83,6 +84,16 @@ class RedisStore:
         raw: dict[bytes, bytes] = self._call("hgetall", lambda: self._client.hgetall(key))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def hget_many(self, keys: Sequence[str], field: str) -> list[str | None]:
+        """HGET of one field from many hashes, in one pipelined round trip."""
+        if not keys:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, field)
+        rows: list[bytes | None] = self._call("hget_many", pipe.execute)
+        return [None if v is None else v.decode() for v in rows]
+
     def get_bytes(self, keys: Sequence[str]) -> list[bytes | None]:
         """MGET."""
         if not keys:
@@ -119,6 +130,8 @@ def _queue(pipe: Any, op: object) -> None:
             pipe.zincrby(key, amount, member)
         case ZAdd(key, scores):
             pipe.zadd(key, dict(scores))
+        case ZRem(key, members):
+            pipe.zrem(key, *members)
         case ZKeepTop(key, keep):
             # Ranks ascend by score, so the lowest len-keep members go.
             pipe.zremrangebyrank(key, 0, -(keep + 1))

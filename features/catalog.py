@@ -1,0 +1,64 @@
+"""The item catalog: availability and the attributes filters and sources need."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from features.batch import WriteBatch
+from features.keys import Keys
+from features.store import Store
+
+
+class Catalog:
+    """Item records as hashes, plus a sorted set of available items by creation time.
+
+    Examples:
+        >>> from features.stores.memory_store import InMemoryStore
+        >>> catalog, store, batch = Catalog(Keys("t")), InMemoryStore(), WriteBatch()
+        >>> catalog.upsert(batch, "a", category="news", creator="c1", available=True,
+        ...                created_at_ms=5, ts_ms=5)
+        >>> catalog.remove(batch, "b", ts_ms=6)
+        >>> store.commit(batch)
+        >>> catalog.available_mask(store, ["a", "b", "zzz"])
+        [True, False, True]
+    """
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+
+    def upsert(
+        self,
+        batch: WriteBatch,
+        item_id: str,
+        *,
+        category: str | None,
+        creator: str | None,
+        available: bool,
+        created_at_ms: int,
+        ts_ms: int,
+    ) -> None:
+        """Queue the item's record and its place in the fresh-items index."""
+        batch.hset(
+            self.keys.item(item_id),
+            {
+                "category": category or "",
+                "creator": creator or "",
+                "available": "1" if available else "0",
+                "created_at": str(created_at_ms),
+                "updated_at": str(ts_ms),
+            },
+        )
+        if available:
+            batch.zadd(self.keys.items_by_time(), {item_id: float(created_at_ms)})
+        else:
+            batch.zrem(self.keys.items_by_time(), [item_id])
+
+    def remove(self, batch: WriteBatch, item_id: str, *, ts_ms: int) -> None:
+        """Queue a delete: the record stays as a tombstone so filters can drop the item."""
+        batch.hset(self.keys.item(item_id), {"available": "0", "updated_at": str(ts_ms)})
+        batch.zrem(self.keys.items_by_time(), [item_id])
+
+    def available_mask(self, store: Store, item_ids: Sequence[str]) -> list[bool]:
+        """Whether each item may be shown; items never announced count as available."""
+        flags = store.hget_many([self.keys.item(i) for i in item_ids], "available")
+        return [flag != "0" for flag in flags]

@@ -1,0 +1,256 @@
+"""Kafka at the edge: topic creation, the batch consumer source and the raw producer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from features.errors import TransportUnavailableError
+from streams.settings import TopicSettings
+from streams.transport import RawMessage
+from streams.transport import TopicPartition as TP
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionLog:
+    """Logs one line when a client loses its broker and one when it gets it back.
+
+    librdkafka reports every failed reconnect; without this, an unreachable broker at start-up
+    would spam the log with identical lines.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down_reason: str | None = None
+        self._lock = threading.Lock()
+
+    def on_error(self, err: KafkaError) -> None:
+        """``error_cb`` for librdkafka clients."""
+        with self._lock:
+            if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+                if self.down_reason is None:
+                    log.warning("%s: kafka unreachable (%s); retrying", self.what, err.str())
+                self.down_reason = err.str()
+            else:
+                log.warning("%s: kafka error: %s", self.what, err.str())
+
+    def mark_up(self) -> None:
+        """Call when traffic flows again."""
+        with self._lock:
+            if self.down_reason is not None:
+                log.info("%s: kafka reachable again", self.what)
+            self.down_reason = None
+
+
+def client_config(bootstrap: str, extra: Mapping[str, str]) -> dict[str, Any]:
+    """Common librdkafka settings, with the user's extra properties (SASL, TLS, …) on top."""
+    return {"bootstrap.servers": bootstrap, **extra}
+
+
+def create_topics(
+    bootstrap: str, topics: TopicSettings, extra: Mapping[str, str], timeout_s: float = 30.0
+) -> dict[str, str]:
+    """Create streamrec's topics if missing; return topic → "created" | "exists".
+
+    The items topic is compacted: it is the catalog's changelog, and a new serving replica
+    rebuilds its index from it.
+    """
+    admin = AdminClient(client_config(bootstrap, extra))
+    wanted = {
+        topics.interactions: {},
+        topics.impressions: {},
+        topics.items: {"cleanup.policy": "compact"},
+        topics.dead_letter: {"retention.ms": str(14 * 86_400_000)},
+    }
+    new = [
+        NewTopic(
+            name,
+            num_partitions=topics.partitions,
+            replication_factor=topics.replication,
+            config=config,
+        )
+        for name, config in wanted.items()
+    ]
+    outcome: dict[str, str] = {}
+    for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            outcome[name] = "created"
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            outcome[name] = "exists"
+    return outcome
+
+
+class KafkaSource:
+    """A :class:`streams.transport.MessageSource` on a confluent-kafka consumer.
+
+    Offsets are committed only after the batch's state is in the store (never automatically),
+    so a crash replays from the last committed batch and the store's offset table skips what
+    was already applied.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: list[str],
+        group_id: str,
+        extra: Mapping[str, str],
+        on_assign: Callable[[list[TP]], None] | None = None,
+    ) -> None:
+        self.connection = ConnectionLog(f"consumer {group_id}")
+        config = client_config(bootstrap, extra) | {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.min.bytes": 1,
+            "queued.max.messages.kbytes": 65536,
+            "error_cb": self.connection.on_error,
+        }
+        self._consumer = Consumer(config)
+        self._on_assign = on_assign
+        self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
+        self.assigned: set[TP] = set()
+
+    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        added = [(p.topic, p.partition) for p in partitions]
+        self.assigned.update(added)
+        log.info("assigned %s", sorted(added))
+        if self._on_assign is not None:
+            self._on_assign(added)
+
+    def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        removed = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= removed
+        log.info("revoked %s", sorted(removed))
+
+    def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
+        """One ``consume`` call; transport errors are logged, never raised."""
+        out: list[RawMessage] = []
+        for msg in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err.str())
+                continue
+            headers = msg.headers()
+            out.append(
+                RawMessage(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.key(),
+                    msg.value(),
+                    msg.timestamp()[1],
+                    {k: v or b"" for k, v in headers} if headers else {},
+                )
+            )
+        if out:
+            self.connection.mark_up()
+        return out
+
+    def commit(self, next_offsets: Mapping[TP, int]) -> None:
+        """Synchronously commit the given next offsets."""
+        if not next_offsets:
+            return
+        parts = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            self._consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:
+            # A lost commit only means replaying events the store's offset table will skip.
+            log.warning("offset commit failed (will be retried with the next batch): %s", exc)
+
+    def lag(self) -> dict[TP, int]:
+        """End offset minus position, from cached watermarks (no broker round trip)."""
+        parts = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+        if not parts:
+            return {}
+        out: dict[TP, int] = {}
+        for part in self._consumer.position(parts):
+            try:
+                _low, high = self._consumer.get_watermark_offsets(part, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and part.offset >= 0:
+                out[(part.topic, part.partition)] = max(0, high - part.offset)
+        return out
+
+    def close(self) -> None:
+        """Leave the group cleanly so partitions move at once."""
+        self._consumer.close()
+
+
+class RawProducer:
+    """A confluent-kafka producer: idempotent, batched, with delivery reports.
+
+    It is the dead-letter sink, and the transport under :class:`streams.producer.EventProducer`.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        extra: Mapping[str, str],
+        *,
+        linger_ms: int = 5,
+        name: str = "producer",
+    ) -> None:
+        self.connection = ConnectionLog(name)
+        self.delivered = 0
+        self.failed = 0
+        config = client_config(bootstrap, extra) | {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": linger_ms,
+            "compression.type": "lz4",
+            "error_cb": self.connection.on_error,
+        }
+        self._producer = Producer(config)
+
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        log.error("delivery failed: %s", err.str())
+
+    def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]
+    ) -> None:
+        """Queue one message; when the local queue is full, wait for room, then give up."""
+        for _ in range(50):
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=list(headers.items()) or None,
+                    on_delivery=self._delivered,
+                )
+                self._producer.poll(0)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+        raise TransportUnavailableError(
+            "kafka producer queue is full; the broker is not keeping up"
+        )
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for delivery; return the number of messages still queued."""
+        return int(self._producer.flush(timeout_s))
+
+    def list_topics(self, timeout_s: float) -> set[str]:
+        """Topic names the broker reports (a reachability probe)."""
+        try:
+            metadata = self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
+        return set(metadata.topics)
