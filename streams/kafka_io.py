@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from features.errors import TransportUnavailableError
 from streams.settings import TopicSettings
@@ -89,6 +90,10 @@ def create_topics(
     return outcome
 
 
+def _as_bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
 class KafkaSource:
     """A :class:`streams.transport.MessageSource` on a confluent-kafka consumer.
 
@@ -142,16 +147,17 @@ class KafkaSource:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err.str())
                 continue
-            headers = msg.headers()
+            raw_headers = msg.headers() or []
+            headers = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
             out.append(
                 RawMessage(
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    msg.key(),
-                    msg.value(),
+                    msg.topic() or "",
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                    _as_bytes(msg.key()),
+                    _as_bytes(msg.value()),
                     msg.timestamp()[1],
-                    {k: v or b"" for k, v in headers} if headers else {},
+                    {name: _as_bytes(value) or b"" for name, value in headers},
                 )
             )
         if out:
@@ -254,3 +260,27 @@ class RawProducer:
         except KafkaException as exc:
             raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
         return set(metadata.topics)
+
+
+class BrokerProbe:
+    """Answers "is the broker reachable?" for /health, at most one metadata call per ``ttl_s``."""
+
+    def __init__(self, producer: RawProducer, ttl_s: float = 5.0, timeout_s: float = 1.0) -> None:
+        self.producer = producer
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._checked_at = float("-inf")
+        self._answer: tuple[bool, str] = (False, "not checked yet")
+        self._lock = threading.Lock()
+
+    def __call__(self) -> tuple[bool, str]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= self.ttl_s:
+                try:
+                    count = len(self.producer.list_topics(self.timeout_s))
+                    self._answer = (True, f"reachable ({count} topics)")
+                except TransportUnavailableError as exc:
+                    self._answer = (False, str(exc))
+                self._checked_at = now
+            return self._answer

@@ -179,6 +179,7 @@ class Worker:
     def _with_store(self, fn: Callable[[Any], Any], arg: Any, stop: threading.Event | None) -> Any:
         """Call ``fn(arg)``, waiting out a store outage with backoff; None if stopped meanwhile."""
         backoff = Backoff()
+        stop = stop or threading.Event()
         while True:
             try:
                 result = fn(arg)
@@ -186,11 +187,8 @@ class Worker:
                 if not self._store_down:
                     log.error("%s; retrying with backoff", exc)
                     self._store_down = True
-                wait = backoff.next()
-                if stop is not None and stop.wait(wait):
+                if stop.wait(backoff.next()):
                     return None
-                if stop is None:
-                    time.sleep(wait)
                 continue
             if self._store_down:
                 log.info("store reachable again")

@@ -169,14 +169,19 @@ def event_key(event: Event) -> bytes:
     return (event.item_id if isinstance(event, Item) else event.user_id).encode()
 
 
+def schema_components(ref_template: str) -> dict[str, Any]:
+    """JSON Schema of each event kind by name, with references written as ``ref_template``."""
+    _, components = msgspec.json.schema_components(
+        (Interaction, Item, Impression), ref_template=ref_template
+    )
+    return components
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of all three event kinds, generated from the structs above."""
-    (schemas, components) = msgspec.json.schema_components(
-        (Interaction, Item, Impression), ref_template="#/$defs/{name}"
-    )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"streamrec events v{SCHEMA_VERSION}",
-        "oneOf": list(schemas),
-        "$defs": components,
+        "oneOf": [{"$ref": f"#/$defs/{name}"} for name in ("Interaction", "Item", "Impression")],
+        "$defs": schema_components("#/$defs/{name}"),
     }

@@ -93,7 +93,8 @@ class StreamSimulator:
 
     @staticmethod
     def _unit(m: np.ndarray) -> np.ndarray:
-        return m / np.linalg.norm(m, axis=-1, keepdims=True)
+        unit: np.ndarray = m / np.linalg.norm(m, axis=-1, keepdims=True)
+        return unit
 
     def _new_item(self) -> int:
         index = len(self._item_ids)

@@ -1,0 +1,53 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from serving.feed import FeedService
+from serving.resources import Resources
+from serving.responses import JSONBytes
+from serving.routes import events, feed, health
+from serving.settings import ServingSettings
+from streams.schema import schema_components
+
+
+def create_app(settings: ServingSettings, build_resources: Callable[[], Resources]) -> FastAPI:
+    """Build the API. ``build_resources`` runs in the lifespan, so importing costs nothing."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = build_resources()
+        app.state.resources = resources
+        app.state.feed_service = FeedService(resources)
+        try:
+            yield
+        finally:
+            resources.close()
+
+    app = FastAPI(
+        title="streamrec",
+        summary="Real-time recommendations from an event stream.",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JSONBytes,
+    )
+    app.state.settings = settings
+    for router in (feed.router, events.router, health.router):
+        app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            components.update(schema_components("#/components/schemas/{name}"))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,31 @@
+"""FastAPI dependencies, as ``Annotated`` aliases the routers use."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from serving.feed import FeedService
+from serving.resources import Resources
+from serving.settings import ServingSettings
+
+
+def _resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+def _feed_service(request: Request) -> FeedService:
+    service: FeedService = request.app.state.feed_service
+    return service
+
+
+def _settings(request: Request) -> ServingSettings:
+    settings: ServingSettings = request.app.state.settings
+    return settings
+
+
+ResourcesDep = Annotated[Resources, Depends(_resources)]
+FeedServiceDep = Annotated[FeedService, Depends(_feed_service)]
+SettingsDep = Annotated[ServingSettings, Depends(_settings)]

@@ -1,0 +1,53 @@
+"""Health of the pieces a feed depends on: the store, the transport and the workers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from features.errors import StoreUnavailableError
+from serving.resources import Resources
+
+
+def health_report(
+    r: Resources, *, worker_stale_s: float, now_s: float | None = None
+) -> dict[str, Any]:
+    """A JSON-ready report; ``status`` is "ok" only when the store, transport and a worker are."""
+    now = time.time() if now_s is None else now_s
+    store_ok = r.store.ping()
+    transport_ok, transport_detail = r.transport_probe()
+    workers: list[dict[str, Any]] = []
+    if store_ok:
+        try:
+            beats = r.store.hgetall(r.keys.workers())
+        except StoreUnavailableError:
+            beats, store_ok = {}, False
+        for worker_id, raw in sorted(beats.items()):
+            beat = orjson.loads(raw)
+            age = now - float(beat.get("ts", 0.0))
+            if age > 10 * worker_stale_s:
+                continue  # long gone; not worth reporting
+            workers.append(
+                {
+                    "id": worker_id,
+                    "alive": age <= worker_stale_s,
+                    "heartbeat_age_s": round(age, 3),
+                    "applied": beat.get("applied", 0),
+                    "dead_lettered": beat.get("dead_lettered", 0),
+                    "lag": beat.get("lag", {}),
+                    "total_lag": sum(beat.get("lag", {}).values()),
+                }
+            )
+    consumers_ok = any(w["alive"] for w in workers)
+    return {
+        "status": "ok" if store_ok and transport_ok and consumers_ok else "degraded",
+        "store": {"ok": store_ok, "detail": "reachable" if store_ok else "unreachable"},
+        "transport": {"ok": transport_ok, "detail": transport_detail},
+        "consumers": {
+            "ok": consumers_ok,
+            "detail": f"{sum(w['alive'] for w in workers)} live worker(s)",
+            "workers": workers,
+        },
+    }

@@ -1,0 +1,94 @@
+"""POST /events and POST /items: validate against schema v1, produce, answer 202."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from features.errors import InvalidEventError, TransportUnavailableError
+from serving.deps import ResourcesDep, SettingsDep
+from serving.resources import Resources
+from serving.responses import JSONBytes, error
+from streams.schema import Event, Interaction, Item
+
+router = APIRouter(tags=["events"])
+
+_PATH = re.compile(r"at `\$(?P<path>[^`]*)`")
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def error_location(message: str, prefix: tuple[str | int, ...] = ("body",)) -> list[str | int]:
+    """Turn a msgspec error's JSON path into a FastAPI-style ``loc``.
+
+    Examples:
+        >>> error_location("Expected `int`, got `str` - at `$[2].ts`")
+        ['body', 2, 'ts']
+        >>> error_location("Object missing required field `user_id` - at `$[0]`")
+        ['body', 0, 'user_id']
+    """
+    loc: list[str | int] = list(prefix)
+    path = _PATH.search(message)
+    if path:
+        for name, index in _STEP.findall(path.group("path")):
+            loc.append(name if name else int(index))
+    missing = _MISSING.search(message)
+    if missing:
+        loc.append(missing.group("field"))
+    return loc
+
+
+def _body_schema(kind: str) -> dict[str, Any]:
+    one = {"$ref": f"#/components/schemas/{kind}"}
+    schema = {"oneOf": [one, {"type": "array", "items": one, "maxItems": 10_000}]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _send_all(resources: Resources, events: list[Event]) -> None:
+    for event in events:
+        resources.sink.send(event)
+
+
+async def _accept(
+    request: Request, kind: type[Any], resources: Resources, max_bytes: int
+) -> JSONBytes:
+    body = await request.body()
+    if len(body) > max_bytes:
+        return error(413, ["body"], f"body of {len(body)} bytes exceeds the limit of {max_bytes}")
+    try:
+        decoded = msgspec.json.decode(body, type=kind | list[kind])  # type: ignore[valid-type]
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return error(422, error_location(str(exc)), str(exc))
+    events: list[Event] = decoded if isinstance(decoded, list) else [decoded]
+    now_ms = int(time.time() * 1000)
+    for index, event in enumerate(events):
+        try:
+            resources.validator.check(event, now_ms=now_ms)
+        except InvalidEventError as exc:
+            prefix = ("body", index) if isinstance(decoded, list) else ("body",)
+            return error(422, error_location(str(exc), prefix), str(exc))
+    try:
+        # librdkafka may block briefly when its queue is full: keep that off the event loop.
+        await run_in_threadpool(_send_all, resources, events)
+    except TransportUnavailableError as exc:
+        return JSONBytes({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+    return JSONBytes({"accepted": len(events)}, status_code=202)
+
+
+@router.post("/events", status_code=202, openapi_extra=_body_schema("Interaction"))
+async def post_events(
+    request: Request, resources: ResourcesDep, settings: SettingsDep
+) -> JSONBytes:
+    """Accept one interaction or a JSON array of them."""
+    return await _accept(request, Interaction, resources, settings.max_body_bytes)
+
+
+@router.post("/items", status_code=202, openapi_extra=_body_schema("Item"))
+async def post_items(request: Request, resources: ResourcesDep, settings: SettingsDep) -> JSONBytes:
+    """Accept one item upsert or delete, or a JSON array of them."""
+    return await _accept(request, Item, resources, settings.max_body_bytes)

@@ -1,0 +1,18 @@
+"""GET /health."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.deps import ResourcesDep, SettingsDep
+from serving.health import health_report
+from serving.responses import JSONBytes
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_class=JSONBytes)
+def get_health(resources: ResourcesDep, settings: SettingsDep) -> JSONBytes:
+    """Store, transport and consumer state; 503 when any of them is down."""
+    report = health_report(resources, worker_stale_s=settings.worker_stale_s)
+    return JSONBytes(report, status_code=200 if report["status"] == "ok" else 503)

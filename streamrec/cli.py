@@ -1,0 +1,216 @@
+"""The `streamrec` command line: the composition root that wires features, streams and serving."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamrec.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="streamrec: real-time recommendations from an event stream.", no_args_is_help=True
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+topics_app = typer.Typer(help="Manage Kafka topics.", no_args_is_help=True)
+services_app = typer.Typer(help="Run a local Kafka broker and Redis server.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks; the last stdout line is one JSON object.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(topics_app, name="topics")
+app.add_typer(services_app, name="services")
+app.add_typer(bench_app, name="bench")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (or STREAMREC_CONFIG_FILE).")
+]
+console = Console(stderr=True)
+log = logging.getLogger("streamrec")
+
+
+def _setup(config: Path | None, verbose: bool = False) -> Settings:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return load_settings(config)
+    except Exception as exc:  # noqa: BLE001 - one readable line instead of a traceback
+        console.print(f"[red]invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Print the effective configuration as JSON."""
+    settings = _setup(config)
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of event schema v1."""
+    from streams.schema import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+@topics_app.command("create")
+def topics_create(config: ConfigOption = None) -> None:
+    """Create the topics (idempotent)."""
+    from streams.kafka_io import create_topics
+
+    settings = _setup(config)
+    for topic, outcome in create_topics(
+        settings.kafka_bootstrap, settings.topics, settings.kafka_config
+    ).items():
+        typer.echo(f"{topic}: {outcome}")
+
+
+@app.command()
+def produce(
+    source: Annotated[str, typer.Argument(help="JSONL file of events, or - for stdin.")],
+    config: ConfigOption = None,
+) -> None:
+    """Validate JSONL events and send them to Kafka; bad lines are reported and skipped."""
+    from streamrec.wiring import validator
+    from streams.jsonl import produce_jsonl
+    from streams.producer import EventProducer
+
+    settings = _setup(config)
+    stream = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
+    with (
+        stream,
+        EventProducer(settings.kafka_bootstrap, settings.topics, settings.kafka_config) as producer,
+    ):
+        report = produce_jsonl(stream, producer, validator(settings))
+    typer.echo(json.dumps(report))
+    if report["rejected"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    worker_id: Annotated[str | None, typer.Option(help="Name in heartbeats and logs.")] = None,
+) -> None:
+    """Consume interactions and items from Kafka and apply them to Redis."""
+    from streamrec.wiring import kafka_worker, wait_for_store
+
+    settings = _setup(config)
+    stop = _stop_on_signals()
+    w = kafka_worker(settings, worker_id)
+    if wait_for_store(w.store, "worker", stop):
+        w.run(stop)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Serve the feed API on Redis and Kafka."""
+    import uvicorn
+
+    from serving.app import create_app
+    from streamrec.wiring import kafka_resources
+
+    settings = _setup(config)
+    serving = settings.serving.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    api = create_app(serving, lambda: kafka_resources(settings))
+    uvicorn.run(api, host=serving.host, port=serving.port, log_level="warning")
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 42,
+    rate: Annotated[float, typer.Option(min=1, help="Synthetic events per second.")] = 200.0,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Run everything in one process, no Kafka or Redis: simulator, worker and API."""
+    from streamrec.demo import run_demo
+
+    settings = _setup(config)
+    if port is not None:
+        settings.serving.port = port
+    run_demo(settings, seed=seed, rate=rate, duration_s=duration)
+
+
+def _print_services(rows: list[Any]) -> None:
+    table = Table("service", "managed", "running", "endpoint", "detail")
+    for row in rows:
+        table.add_row(row.name, str(row.managed), str(row.running), row.endpoint, row.detail)
+    Console().print(table)
+
+
+@services_app.command("up")
+def services_up(config: ConfigOption = None) -> None:
+    """Start local Kafka and Redis (unless STREAMREC_KAFKA_BOOTSTRAP/REDIS_URL are given)."""
+    from streamrec import services
+
+    settings = _setup(config)
+    try:
+        _print_services(services.services_up(settings))
+    except services.ServiceError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@services_app.command("down")
+def services_down(config: ConfigOption = None) -> None:
+    """Stop the local Kafka and Redis that `services up` started."""
+    from streamrec import services
+
+    _print_services(services.services_down(_setup(config)))
+
+
+@services_app.command("status")
+def services_status(config: ConfigOption = None) -> None:
+    """Show whether Kafka and Redis answer."""
+    from streamrec import services
+
+    rows = services.services_status(_setup(config))
+    _print_services(rows)
+    if not all(row.running for row in rows):
+        raise typer.Exit(1)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    config: ConfigOption = None,
+    events: Annotated[int, typer.Option(min=1000, help="Events to produce and consume.")] = 200_000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 1,
+) -> None:
+    """Worker events/s into Redis against a bare confluent-kafka consume loop, same topic."""
+    from streamrec.bench.ingest import run_ingest_bench
+
+    settings = _setup(config)
+    figures = run_ingest_bench(settings, events=events, seed=seed)
+    typer.echo(orjson.dumps(figures).decode())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

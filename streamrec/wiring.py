@@ -1,0 +1,116 @@
+"""Builds the system's parts from settings, for the Kafka mode and the embedded mode alike."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from features.keys import Keys
+from features.store import Store
+from features.stores.memory_store import InMemoryStore
+from features.stores.redis_store import RedisStore
+from serving.resources import Resources
+from streamrec.settings import Settings
+from streams.bus import InProcessBus
+from streams.dead_letter import DeadLetterPolicy
+from streams.kafka_io import BrokerProbe, KafkaSource, RawProducer
+from streams.processors import default_processors
+from streams.producer import EventProducer
+from streams.runtime import Backoff, Worker
+from streams.schema import EventValidator
+from streams.transport import MessageSource, RawSink
+
+log = logging.getLogger(__name__)
+
+
+def validator(settings: Settings) -> EventValidator:
+    """The event validator for the configured dimension and limits."""
+    return EventValidator(
+        embedding_dim=settings.features.embedding_dim,
+        max_payload_bytes=settings.worker.max_payload_bytes,
+        max_future_ms=settings.worker.max_future_ms,
+    )
+
+
+def wait_for_store(store: Store, what: str, stop: threading.Event | None = None) -> bool:
+    """Block until the store answers, logging one line while it does not; False if stopped."""
+    backoff = Backoff(0.2, 5.0)
+    stop = stop or threading.Event()
+    warned = False
+    while not store.ping():
+        if not warned:
+            log.error("%s: store unreachable; retrying with backoff", what)
+            warned = True
+        if stop.wait(backoff.next()):
+            return False
+    if warned:
+        log.info("%s: store reachable", what)
+    return True
+
+
+def build_worker(
+    settings: Settings,
+    source: MessageSource,
+    store: Store,
+    dead_letters: RawSink,
+    worker_id: str | None = None,
+) -> Worker:
+    """A worker over any transport: the composition both modes share."""
+    keys = Keys(settings.namespace)
+    return Worker(
+        source=source,
+        store=store,
+        keys=keys,
+        processors=default_processors(keys, settings.features),
+        validator=validator(settings),
+        dead_letter=DeadLetterPolicy(dead_letters, settings.topics.dead_letter),
+        topics=settings.topics,
+        settings=settings.worker,
+        worker_id=worker_id,
+    )
+
+
+def kafka_worker(settings: Settings, worker_id: str | None = None) -> Worker:
+    """A worker consuming the interactions and items topics into Redis."""
+    store = RedisStore(settings.redis_url)
+    source = KafkaSource(
+        settings.kafka_bootstrap,
+        [settings.topics.interactions, settings.topics.items],
+        settings.worker.group_id,
+        settings.kafka_config,
+    )
+    dead_letters = RawProducer(settings.kafka_bootstrap, settings.kafka_config, name="dead-letter")
+    return build_worker(settings, source, store, dead_letters, worker_id)
+
+
+def kafka_resources(settings: Settings) -> Resources:
+    """Serving resources on Redis, producing to Kafka."""
+    store = RedisStore(settings.redis_url)
+    producer = EventProducer(settings.kafka_bootstrap, settings.topics, settings.kafka_config)
+    if not store.ping():
+        log.error(
+            "serve: store unreachable at %s; /health reports it until it answers",
+            settings.redis_url,
+        )
+    resources = Resources(
+        store=store,
+        sink=producer,
+        keys=Keys(settings.namespace),
+        features=settings.features,
+        validator=validator(settings),
+        transport_probe=BrokerProbe(producer.raw),
+    )
+    resources.on_close.extend([store.close, producer.close])
+    return resources
+
+
+def embedded_resources(settings: Settings, bus: InProcessBus, store: InMemoryStore) -> Resources:
+    """Serving resources on the in-process bus and in-memory store."""
+    return Resources(
+        store=store,
+        sink=bus,
+        keys=Keys(settings.namespace),
+        features=settings.features,
+        validator=validator(settings),
+        transport_probe=lambda: (True, "in-process bus"),
+    )
