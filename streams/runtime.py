@@ -35,6 +35,10 @@ from streams.transport import MessageSource, RawMessage, TopicPartition
 log = logging.getLogger(__name__)
 
 
+class _Stopped(Exception):
+    """The worker was told to stop while waiting for the store."""
+
+
 @dataclass
 class WorkerStats:
     """Counters a worker reports in its heartbeat."""
@@ -85,7 +89,7 @@ class Worker:
         topics: TopicSettings,
         settings: WorkerSettings,
         worker_id: str | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -96,7 +100,7 @@ class Worker:
         self.topics = topics
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.clock = clock
+        self.clock = clock or time.time
         self.stats = WorkerStats()
         self._kinds: dict[str, type[Any]] = {topics.interactions: Interaction, topics.items: Item}
         self._last_heartbeat = 0.0
@@ -122,10 +126,14 @@ class Worker:
         return applied
 
     def _process(self, messages: list[RawMessage], stop: threading.Event | None) -> int:
+        try:
+            return self._apply(messages, stop)
+        except _Stopped:
+            return 0  # nothing was committed; the batch is consumed again after restart
+
+    def _apply(self, messages: list[RawMessage], stop: threading.Event | None) -> int:
         started = time.perf_counter()
         applied_offsets = self._with_store(self._applied_offsets, messages, stop)
-        if applied_offsets is None:
-            return 0
         events = EventBatch()
         last: dict[TopicPartition, int] = {}
         now_ms = int(self.clock() * 1000)
@@ -142,8 +150,7 @@ class Worker:
             processor.apply(events, self.store, batch)
         for (topic, partition), offset in last.items():
             batch.hset(self.keys.applied_offsets(topic), {str(partition): str(offset)})
-        if self._with_store(self.store.commit, batch, stop) is None:
-            return 0
+        self._with_store(self.store.commit, batch, stop)
         self.source.commit({tp: offset + 1 for tp, offset in last.items()})
         self.stats.applied += len(events)
         self.stats.batches += 1
@@ -177,7 +184,7 @@ class Worker:
         return out
 
     def _with_store(self, fn: Callable[[Any], Any], arg: Any, stop: threading.Event | None) -> Any:
-        """Call ``fn(arg)``, waiting out a store outage with backoff; None if stopped meanwhile."""
+        """Call ``fn(arg)``, waiting out a store outage with backoff; raise _Stopped if told to."""
         backoff = Backoff()
         stop = stop or threading.Event()
         while True:
@@ -188,7 +195,7 @@ class Worker:
                     log.error("%s; retrying with backoff", exc)
                     self._store_down = True
                 if stop.wait(backoff.next()):
-                    return None
+                    raise _Stopped from None
                 continue
             if self._store_down:
                 log.info("store reachable again")

@@ -1,0 +1,142 @@
+"""`streamrec bench ingest`: the worker's events/s into Redis against a bare consume loop.
+
+Both read the same freshly produced topics in the same run; each is timed from its first
+message to its last, so consumer-group joins do not count against either.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+
+from features.stores.redis_store import RedisStore
+from streamrec.bench.report import print_table
+from streamrec.services import ensure_services
+from streamrec.settings import Settings
+from streamrec.wiring import build_worker
+from streams.kafka_io import KafkaSource, RawProducer, client_config, create_topics
+from streams.producer import EventProducer
+from streams.simulator import SimulatorConfig, StreamSimulator
+
+log = logging.getLogger(__name__)
+
+
+def _isolated(settings: Settings, run_id: str) -> Settings:
+    """Settings whose topics, keys and groups belong to this run only."""
+    prefix = f"bench-{run_id}"
+    topics = settings.topics.model_copy(
+        update={
+            "interactions": f"{prefix}.interactions",
+            "items": f"{prefix}.items",
+            "impressions": f"{prefix}.impressions",
+            "dead_letter": f"{prefix}.dead-letter",
+        }
+    )
+    worker = settings.worker.model_copy(update={"group_id": f"{prefix}-worker"})
+    return settings.model_copy(update={"topics": topics, "worker": worker, "namespace": prefix})
+
+
+def _produce(settings: Settings, events: int, seed: int) -> tuple[int, float]:
+    sim = StreamSimulator(SimulatorConfig(embedding_dim=settings.features.embedding_dim), seed=seed)
+    start_ms = int(time.time() * 1000) - 3_600_000
+    started = time.perf_counter()
+    sent = 0
+    with EventProducer(
+        settings.kafka_bootstrap, settings.topics, settings.kafka_config, linger_ms=50
+    ) as producer:
+        for event in sim.events(events, start_ms=start_ms):
+            producer.send(event)
+            sent += 1
+    return sent, time.perf_counter() - started
+
+
+def _bare_consume(settings: Settings, total: int, group: str) -> float:
+    """Seconds a plain batch consume loop takes from its first message to the last."""
+    consumer = Consumer(
+        client_config(settings.kafka_bootstrap, settings.kafka_config)
+        | {"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    )
+    consumer.subscribe([settings.topics.interactions, settings.topics.items])
+    seen, first = 0, None
+    try:
+        while seen < total:
+            batch = consumer.consume(num_messages=settings.worker.batch_size, timeout=1.0)
+            if batch and first is None:
+                first = time.perf_counter()
+            seen += sum(1 for m in batch if m.error() is None)
+    finally:
+        consumer.close()
+    return time.perf_counter() - (first or time.perf_counter())
+
+
+def _worker_consume(settings: Settings, total: int) -> tuple[float, dict[str, int]]:
+    """Seconds the real worker takes to apply ``total`` messages to Redis."""
+    store = RedisStore(settings.redis_url)
+    source = KafkaSource(
+        settings.kafka_bootstrap,
+        [settings.topics.interactions, settings.topics.items],
+        settings.worker.group_id,
+        settings.kafka_config,
+    )
+    dead = RawProducer(settings.kafka_bootstrap, settings.kafka_config)
+    worker = build_worker(settings, source, store, dead, worker_id="bench")
+    first = None
+    try:
+        while worker.stats.applied + worker.stats.dead_lettered < total:
+            if worker.run_once() and first is None:
+                # The first batch's time is inside run_once; start the clock before it.
+                first = time.perf_counter() - worker.stats.last_batch_ms / 1000.0
+    finally:
+        source.close()
+        store.close()
+    seconds = time.perf_counter() - (first or time.perf_counter())
+    return seconds, {"applied": worker.stats.applied, "dead_lettered": worker.stats.dead_lettered}
+
+
+def _cleanup(settings: Settings) -> None:
+    admin = AdminClient(client_config(settings.kafka_bootstrap, settings.kafka_config))
+    names = [
+        settings.topics.interactions,
+        settings.topics.items,
+        settings.topics.impressions,
+        settings.topics.dead_letter,
+    ]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort
+            log.warning("could not delete a bench topic: %s", exc)
+    store = RedisStore(settings.redis_url)
+    store.flush_namespace("{" + settings.namespace + "}:*")
+    store.close()
+
+
+def run_ingest_bench(settings: Settings, *, events: int, seed: int) -> dict[str, Any]:
+    """Produce ``events`` simulated events, then time the bare loop and the worker on them."""
+    ensure_services(settings)
+    run = _isolated(settings, uuid.uuid4().hex[:8])
+    create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
+    try:
+        sent, produce_s = _produce(run, events, seed)
+        baseline_s = _bare_consume(run, sent, group=f"{run.worker.group_id}-bare")
+        worker_s, stats = _worker_consume(run, sent)
+    finally:
+        _cleanup(run)
+    figures: dict[str, Any] = {
+        "bench": "ingest",
+        "events": sent,
+        "partitions": run.topics.partitions,
+        "batch_size": run.worker.batch_size,
+        "produce_per_s": round(sent / produce_s, 1),
+        "events_per_s": round(sent / worker_s, 1),
+        "baseline_per_s": round(sent / baseline_s, 1),
+        "ratio": round(baseline_s / worker_s, 4),
+        **stats,
+    }
+    print_table("ingest: worker into Redis vs bare confluent-kafka consume loop", figures)
+    return figures

@@ -1,0 +1,108 @@
+"""One contract suite for every Store: the in-memory one and Redis must agree exactly."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from features.batch import WriteBatch
+from features.keys import Keys
+from features.store import Store
+from features.stores.memory_store import InMemoryStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest, namespace: str) -> Iterator[Store]:
+    if request.param == "memory":
+        yield InMemoryStore()
+    else:
+        yield request.getfixturevalue("redis_store")
+
+
+@pytest.fixture
+def keys(namespace: str) -> Keys:
+    return Keys(namespace)
+
+
+def commit(store: Store, build: object) -> None:
+    batch = WriteBatch()
+    build(batch)  # type: ignore[operator]
+    store.commit(batch)
+
+
+def test_is_a_store(store: Store) -> None:
+    assert isinstance(store, Store)
+    assert store.ping()
+
+
+def test_incr_merges_and_ranks_with_redis_tie_order(store: Store, keys: Keys) -> None:
+    k = keys.popularity(60.0)
+
+    def build(b: WriteBatch) -> None:
+        b.zincrby(k, "a", 1.0)
+        b.zincrby(k, "b", 2.0)
+        b.zincrby(k, "a", 1.0)
+        b.zincrby(k, "c", 2.0)
+
+    commit(store, build)
+    # Equal scores come out in descending member order, as ZREVRANGE gives them.
+    assert store.top(k, 10) == [("c", 2.0), ("b", 2.0), ("a", 2.0)]
+    assert store.top(k, 1) == [("c", 2.0)]
+    assert store.top(k, 0) == []
+    assert store.zcard(k) == 3
+    assert store.zscores(k, ["a", "zz"]) == [2.0, None]
+
+
+def test_scale_multiplies_every_score(store: Store, keys: Keys) -> None:
+    k = keys.popularity(1.0)
+    commit(store, lambda b: b.zadd(k, {"a": 2.0, "b": 8.0}))
+    commit(store, lambda b: b.zscale(k, 0.25))
+    assert store.top(k, 5) == [("b", 2.0), ("a", 0.5)]
+
+
+def test_keep_top_drops_the_lowest(store: Store, keys: Keys) -> None:
+    k = keys.seen("u")
+    commit(store, lambda b: b.zadd(k, {"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0}))
+    commit(store, lambda b: b.zkeeptop(k, 2))
+    assert store.top(k, 10) == [("d", 4.0), ("b", 3.0)]
+    commit(store, lambda b: b.zrem(k, ["d", "nope"]))
+    assert store.top(k, 10) == [("b", 3.0)]
+
+
+def test_hashes_values_and_deletes(store: Store, keys: Keys) -> None:
+    commit(store, lambda b: b.hset(keys.item("i1"), {"available": "1", "category": "news"}))
+    commit(store, lambda b: b.hset(keys.item("i1"), {"available": "0"}))
+    assert store.hgetall(keys.item("i1")) == {"available": "0", "category": "news"}
+    assert store.hget_many([keys.item("i1"), keys.item("nope")], "available") == ["0", None]
+    assert store.hgetall(keys.item("nope")) == {}
+    blob = keys.item("blob")
+    commit(store, lambda b: b.set_bytes(blob, b"\x00\x01"))
+    assert store.get_bytes([blob, keys.item("none")]) == [b"\x00\x01", None]
+    commit(store, lambda b: b.delete(blob))
+    assert store.get_bytes([blob]) == [None]
+
+
+def test_expire_sets_a_ttl_and_removes_the_key(store: Store, keys: Keys) -> None:
+    k = keys.seen("ttl")
+    commit(store, lambda b: b.zadd(k, {"a": 1.0}))
+    assert store.ttl(k) is None
+    commit(store, lambda b: b.expire(k, 100))
+    assert 99 <= (store.ttl(k) or 0) <= 100
+    commit(store, lambda b: b.expire(k, 1))
+    time.sleep(1.2)
+    assert store.zcard(k) == 0
+    assert store.ttl(k) is None
+
+
+def test_commit_is_ordered(store: Store, keys: Keys) -> None:
+    k = keys.popularity(2.0)
+
+    def build(b: WriteBatch) -> None:
+        b.zincrby(k, "a", 4.0)
+        b.zscale(k, 0.5)
+        b.zincrby(k, "a", 1.0)  # must not merge into the increment before the scale
+
+    commit(store, build)
+    assert store.zscores(k, ["a"]) == [3.0]

@@ -1,0 +1,139 @@
+"""The worker runtime on the in-process bus: batches, dead letters, exactly-once effects."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from features.errors import StoreUnavailableError
+from features.batch import WriteBatch
+from features.keys import Keys
+from features.stores.memory_store import InMemoryStore
+from streams.bus import InProcessBus
+from streams.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
+from streams.pipeline import run_pipeline
+from streams.schema import Interaction, Item
+from streams.settings import TopicSettings
+
+NOW = 1_800_000_000_000
+KEYS = Keys("sr")
+
+
+def click(n: int, user: str = "u1", item: str = "i1", kind: str = "click") -> Interaction:
+    return Interaction(event_id=f"e{n}", user_id=user, item_id=item, type=kind, ts=NOW + n)  # type: ignore[arg-type]
+
+
+def test_events_become_popularity_and_seen_state() -> None:
+    events = [click(1, "u1", "a"), click(2, "u2", "a"), click(3, "u1", "b", "view")]
+    store, worker, _ = run_pipeline(events, now_ms=NOW)
+    assert worker.stats.applied == 3
+    top = store.top(KEYS.popularity(3600.0), 10)
+    assert [item for item, _ in top] == ["a", "b"]
+    assert store.zscores(KEYS.seen("u1"), ["a", "b", "c"]) == [NOW + 1, NOW + 3, None]
+
+
+def test_a_malformed_message_is_dead_lettered_and_the_stream_goes_on() -> None:
+    bus = InProcessBus(partitions=1)
+    events = [
+        click(1),
+        b"{not json",
+        b'{"event_id":"x","user_id":"u","item_id":"i","type":"poke","ts":1}',
+        click(2, item="i2"),
+    ]
+    store, worker, bus = run_pipeline(events, bus=bus, now_ms=NOW)
+    assert worker.stats.applied == 2
+    assert worker.stats.dead_lettered == 2
+    dead = bus.read(TopicSettings().dead_letter)
+    assert [m.value for m in dead] == [b"{not json", events[2]]
+    first = dead[0].headers
+    assert first[SOURCE_TOPIC] == TopicSettings().interactions.encode()
+    assert (first[SOURCE_PARTITION], first[SOURCE_OFFSET]) == (b"0", b"1")
+    assert b"malformed" in first[REASON]
+    assert b"Invalid enum value 'poke'" in dead[1].headers[REASON]
+    assert store.zcard(KEYS.seen("u1")) == 2
+
+
+def test_replayed_events_are_skipped_by_the_offset_table() -> None:
+    """A crash after the store commit but before the consumer commit must not double-count."""
+    bus = InProcessBus(partitions=1)
+    store = InMemoryStore()
+    store, first, bus = run_pipeline([click(1), click(2)], store=store, bus=bus, now_ms=NOW)
+    before = store.top(KEYS.popularity(3600.0), 1)
+    # A new group member starting from offset 0 sees the same messages again.
+    _, second, _ = run_pipeline(
+        [],
+        store=store,
+        bus=bus,
+        now_ms=NOW,
+        worker=first.settings.model_copy(update={"group_id": "replayer"}),
+    )
+    assert second.stats.skipped_duplicates == 2
+    assert second.stats.applied == 0
+    assert store.top(KEYS.popularity(3600.0), 1) == before
+
+
+def test_items_update_the_catalog_latest_wins() -> None:
+    events = [
+        Item(item_id="a", ts=NOW, category="news", creator="c"),
+        Item(item_id="b", ts=NOW, category="tech"),
+        Item(item_id="b", ts=NOW + 1, op="delete"),
+    ]
+    store, worker, _ = run_pipeline(events, now_ms=NOW)
+    assert worker.stats.applied == 3
+    assert store.hgetall(KEYS.item("a"))["category"] == "news"
+    assert store.hgetall(KEYS.item("b"))["available"] == "0"
+    assert [i for i, _ in store.top(KEYS.items_by_time(), 10)] == ["a"]
+
+
+class FlakyStore(InMemoryStore):
+    """Fails the first few commits, like Redis during a restart."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def commit(self, batch: WriteBatch) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailableError("redis unreachable (test)")
+        super().commit(batch)
+
+
+def test_the_worker_waits_out_a_store_outage_without_losing_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FlakyStore(failures=3)
+    _, worker, _ = run_pipeline([click(1), click(2, item="i2")], store=store, now_ms=NOW)
+    assert worker.stats.applied == 2
+    assert store.zcard(KEYS.seen("u1")) == 2
+    # One line when it goes down, one when it is back: no log spam per retry.
+    assert sum("retrying with backoff" in r.message for r in caplog.records) == 1
+
+
+def test_a_worker_stopped_during_an_outage_commits_nothing() -> None:
+    bus = InProcessBus(partitions=1)
+    _, worker, _ = run_pipeline([], bus=bus, now_ms=NOW)
+    bus.send(click(1))
+    healthy = worker.store
+    worker.store = FlakyStore(failures=10**6)
+    stop = threading.Event()
+    stop.set()
+    assert worker.run_once(stop) == 0
+    assert sum(worker.source.lag().values()) == 1  # the consumer offset did not move
+    # A restarted worker (same group, fresh position) applies the event once the store is back.
+    _, restarted, _ = run_pipeline([], store=healthy, bus=bus, now_ms=NOW)
+    assert restarted.stats.applied == 1
+    assert healthy.zcard(KEYS.seen("u1")) == 1
+
+
+def test_same_stream_same_state() -> None:
+    from streams.simulator import SimulatorConfig, StreamSimulator
+
+    def final_state() -> list[tuple[str, float]]:
+        sim = StreamSimulator(SimulatorConfig(users=50, items=200, embedding_dim=64), seed=3)
+        events = [*sim.initial_items(NOW), *sim.events(3000, start_ms=NOW)]
+        store, _, _ = run_pipeline(events, now_ms=NOW + 10**8)
+        return store.top(KEYS.popularity(86400.0), 50)
+
+    assert final_state() == final_state()
