@@ -55,10 +55,10 @@ class InMemoryStore:
     def _apply(self, op: Op) -> None:
         match op:
             case ZIncrBy(key, member, amount):
-                zset = self._live_zset(key, create=True)
-                zset[member] = zset.get(member, 0.0) + amount
+                target = self._writable_zset(key)
+                target[member] = target.get(member, 0.0) + amount
             case ZAdd(key, scores):
-                self._live_zset(key, create=True).update(scores)
+                self._writable_zset(key).update(scores)
             case ZRem(key, members):
                 zset = self._live_zset(key)
                 if zset is not None:
@@ -101,10 +101,13 @@ class InMemoryStore:
         self._values.pop(key, None)
         self._expiry.pop(key, None)
 
-    def _live_zset(self, key: str, create: bool = False) -> dict[str, float] | None:
+    def _live_zset(self, key: str) -> dict[str, float] | None:
         self._expire_if_due(key)
-        zset = self._zsets.get(key)
-        if zset is None and create:
+        return self._zsets.get(key)
+
+    def _writable_zset(self, key: str) -> dict[str, float]:
+        zset = self._live_zset(key)
+        if zset is None:
             zset = self._zsets[key] = {}
         return zset
 

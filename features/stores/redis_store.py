@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,7 +25,6 @@ from features.batch import (
 from features.errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -41,7 +40,7 @@ class RedisStore:
             health_check_interval=30,
         )
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
         except _UNAVAILABLE as exc:

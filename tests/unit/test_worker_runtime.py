@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from features.errors import StoreUnavailableError
 from features.batch import WriteBatch
+from features.errors import StoreUnavailableError
 from features.keys import Keys
 from features.stores.memory_store import InMemoryStore
 from streams.bus import InProcessBus
