@@ -1,0 +1,5 @@
+"""`python -m streamrec` runs the CLI."""
+
+from streamrec.cli import main
+
+main()
