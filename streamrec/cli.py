@@ -202,12 +202,15 @@ def bench_ingest(
     config: ConfigOption = None,
     events: Annotated[int, typer.Option(min=1000, help="Events to produce and consume.")] = 200_000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 1,
+    faust: Annotated[
+        bool, typer.Option("--faust", help="Also time the same path on faust-streaming agents.")
+    ] = False,
 ) -> None:
     """Worker events/s into Redis against a bare confluent-kafka consume loop, same topic."""
     from streamrec.bench.ingest import run_ingest_bench
 
     settings = _setup(config)
-    figures = run_ingest_bench(settings, events=events, seed=seed)
+    figures = run_ingest_bench(settings, events=events, seed=seed, with_faust=faust)
     typer.echo(orjson.dumps(figures).decode())
 
 

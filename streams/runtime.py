@@ -121,11 +121,14 @@ class Worker:
         messages = self.source.poll_batch(
             self.settings.batch_size, self.settings.batch_timeout_ms / 1000.0
         )
-        applied = self._process(messages, stop) if messages else 0
+        applied = self.apply_messages(messages, stop) if messages else 0
         self._maybe_heartbeat()
         return applied
 
-    def _process(self, messages: list[RawMessage], stop: threading.Event | None) -> int:
+    def apply_messages(
+        self, messages: list[RawMessage], stop: threading.Event | None = None
+    ) -> int:
+        """Apply one batch (also the entry point for push-based runtimes); return events applied."""
         try:
             return self._apply(messages, stop)
         except _Stopped:

@@ -7,10 +7,15 @@ message to its last, so consumer-group joins do not count against either.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
@@ -98,6 +103,43 @@ def _worker_consume(settings: Settings, total: int) -> tuple[float, dict[str, in
     return seconds, {"applied": worker.stats.applied, "dead_lettered": worker.stats.dead_lettered}
 
 
+def _faust_consume(settings: Settings, total: int) -> tuple[float, int]:
+    """Seconds the same batch path takes on faust-streaming agents (in a subprocess)."""
+    faust_run = settings.model_copy(
+        update={
+            "namespace": f"{settings.namespace}-faust",
+            "worker": settings.worker.model_copy(
+                update={"group_id": f"{settings.worker.group_id}-faust"}
+            ),
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = Path(tmp) / "faust.json"
+        try:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "streamrec.bench.faust_runner",
+                    faust_run.model_dump_json(),
+                    str(total),
+                    str(result_file),
+                ],
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
+            if not result_file.exists():
+                output = (result.stdout + result.stderr).decode()[-3000:]
+                raise RuntimeError(f"faust run failed: {output}")
+            figures = orjson.loads(result_file.read_bytes())
+        finally:
+            store = RedisStore(settings.redis_url)
+            store.flush_namespace("{" + faust_run.namespace + "}:*")
+            store.close()
+    return float(figures["seconds"]), int(figures["applied"])
+
+
 def _cleanup(settings: Settings) -> None:
     admin = AdminClient(client_config(settings.kafka_bootstrap, settings.kafka_config))
     names = [
@@ -116,7 +158,9 @@ def _cleanup(settings: Settings) -> None:
     store.close()
 
 
-def run_ingest_bench(settings: Settings, *, events: int, seed: int) -> dict[str, Any]:
+def run_ingest_bench(
+    settings: Settings, *, events: int, seed: int, with_faust: bool = False
+) -> dict[str, Any]:
     """Produce ``events`` simulated events, then time the bare loop and the worker on them."""
     ensure_services(settings)
     run = _isolated(settings, uuid.uuid4().hex[:8])
@@ -125,6 +169,7 @@ def run_ingest_bench(settings: Settings, *, events: int, seed: int) -> dict[str,
         sent, produce_s = _produce(run, events, seed)
         baseline_s = _bare_consume(run, sent, group=f"{run.worker.group_id}-bare")
         worker_s, stats = _worker_consume(run, sent)
+        faust = _faust_consume(run, sent) if with_faust else None
     finally:
         _cleanup(run)
     figures: dict[str, Any] = {
@@ -138,5 +183,10 @@ def run_ingest_bench(settings: Settings, *, events: int, seed: int) -> dict[str,
         "ratio": round(baseline_s / worker_s, 4),
         **stats,
     }
+    if faust is not None:
+        faust_s, faust_applied = faust
+        figures["faust_per_s"] = round(sent / faust_s, 1)
+        figures["faust_applied"] = faust_applied
+        figures["faust_vs_worker"] = round(worker_s / faust_s, 4)
     print_table("ingest: worker into Redis vs bare confluent-kafka consume loop", figures)
     return figures
