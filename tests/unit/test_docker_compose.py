@@ -1,0 +1,69 @@
+"""docker-compose.yml describes the same stack as `streamrec services up`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from streamrec.settings import Settings
+
+ROOT = Path(__file__).parents[2]
+
+
+def _is_setting(variable: str) -> bool:
+    """Whether STREAMREC_A__B names the field a.b of the settings tree."""
+    model: type[BaseModel] = Settings
+    parts = variable.removeprefix("STREAMREC_").lower().split("__")
+    for depth, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if depth < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
+
+
+def _compose_command() -> list[str] | None:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_has_the_stack_and_points_streamrec_at_it() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "redis", "worker", "api"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    for name in ("worker", "api", "topics"):
+        env = services[name]["environment"]
+        assert env["STREAMREC_KAFKA_BOOTSTRAP"].startswith("kafka:")
+        assert env["STREAMREC_REDIS_URL"].startswith("redis://redis:")
+        for variable in env:
+            assert _is_setting(variable), f"{name} sets {variable}, which no setting reads"
+    assert services["api"]["command"][:2] == ["streamrec", "serve"]
+    assert services["worker"]["command"] == ["streamrec", "worker"]
+
+
+@pytest.mark.skipif(_compose_command() is None, reason="no docker compose client installed")
+def test_docker_compose_config_accepts_the_file() -> None:
+    command = _compose_command() or []
+    result = subprocess.run(
+        [*command, "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
