@@ -44,16 +44,23 @@ class FeedService:
         self.half_life_s = resources.features.half_lives_s[0]
         self._last_good: list[tuple[str, float]] = []
         self._lock = threading.Lock()
+        self._degraded = False
 
     def feed(self, user_id: str, k: int, now_s: float) -> Feed:
         """The top ``k`` decayed-popular items ``user_id`` has not seen."""
         try:
             items = self._live(user_id, k, now_s)
         except StoreUnavailableError as exc:
-            log.warning("feed for %s served degraded: %s", user_id, exc)
             with self._lock:
+                if not self._degraded:
+                    log.warning("serving degraded feeds from the last good data: %s", exc)
+                self._degraded = True
                 fallback = self._last_good[:k]
             return Feed(user_id, [FeedItem(i, s, "popular") for i, s in fallback], degraded=True)
+        if self._degraded:
+            with self._lock:
+                self._degraded = False
+            log.info("live state reachable again; feeds are live")
         return Feed(user_id, items)
 
     def _live(self, user_id: str, k: int, now_s: float) -> list[FeedItem]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -50,8 +50,12 @@ class ConnectionLog:
 
 
 def client_config(bootstrap: str, extra: Mapping[str, str]) -> dict[str, Any]:
-    """Common librdkafka settings, with the user's extra properties (SASL, TLS, …) on top."""
-    return {"bootstrap.servers": bootstrap, **extra}
+    """Common librdkafka settings, with the user's extra properties (SASL, TLS, …) on top.
+
+    librdkafka's own log would print a line per failed reconnect; every error also reaches
+    ``error_cb`` (see :class:`ConnectionLog`), so its log is kept to critical messages.
+    """
+    return {"bootstrap.servers": bootstrap, "log_level": 2, **extra}
 
 
 def create_topics(
@@ -108,7 +112,6 @@ class KafkaSource:
         topics: list[str],
         group_id: str,
         extra: Mapping[str, str],
-        on_assign: Callable[[list[TP]], None] | None = None,
     ) -> None:
         self.connection = ConnectionLog(f"consumer {group_id}")
         config = client_config(bootstrap, extra) | {
@@ -122,7 +125,6 @@ class KafkaSource:
             "error_cb": self.connection.on_error,
         }
         self._consumer = Consumer(config)
-        self._on_assign = on_assign
         self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
         self.assigned: set[TP] = set()
 
@@ -130,8 +132,6 @@ class KafkaSource:
         added = [(p.topic, p.partition) for p in partitions]
         self.assigned.update(added)
         log.info("assigned %s", sorted(added))
-        if self._on_assign is not None:
-            self._on_assign(added)
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         removed = {(p.topic, p.partition) for p in partitions}
@@ -224,6 +224,8 @@ class RawProducer:
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
         if err is None:
             self.delivered += 1
+            if self.connection.down_reason is not None:
+                self.connection.mark_up()
             return
         self.failed += 1
         log.error("delivery failed: %s", err.str())

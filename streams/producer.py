@@ -1,11 +1,10 @@
 """The producer SDK that services import to send events to streamrec.
 
-Examples:
-    >>> from streams.producer import EventProducer          # doctest: +SKIP
-    >>> producer = EventProducer("localhost:9092")          # doctest: +SKIP
-    >>> producer.send(Interaction(event_id="e1", user_id="u1", item_id="i1",
-    ...                           type="click", ts=1_700_000_000_000))  # doctest: +SKIP
-    >>> producer.close()                                    # doctest: +SKIP
+Usage (needs a broker; the integration tests run it)::
+
+    with EventProducer("localhost:9092") as producer:
+        producer.send(Interaction(event_id="e1", user_id="u1", item_id="i1",
+                                  type="click", ts=1_700_000_000_000))
 """
 
 from __future__ import annotations
