@@ -7,6 +7,7 @@ Sections are owned by the packages that use them; this root only assembles them,
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from streams.settings import TopicSettings, WorkerSettings
 
 #: Environment variable naming an optional TOML config file.
 CONFIG_FILE_ENV = "STREAMREC_CONFIG_FILE"
+# The file passed to load_settings(), seen by the settings sources without touching os.environ.
+_CONFIG_FILE: ContextVar[str | None] = ContextVar("streamrec_config_file", default=None)
 
 
 class ServicesSettings(BaseModel):
@@ -74,7 +77,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_FILE_ENV)
+        config_file = _CONFIG_FILE.get() or os.environ.get(CONFIG_FILE_ENV)
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
@@ -82,8 +85,11 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the effective settings: overrides > environment > config file > defaults."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise FileNotFoundError(f"config file not found: {config_file}")
-        os.environ[CONFIG_FILE_ENV] = str(config_file)
-    return Settings(**overrides)
+    path = config_file or os.environ.get(CONFIG_FILE_ENV)
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    token = _CONFIG_FILE.set(str(path) if path else None)
+    try:
+        return Settings(**overrides)
+    finally:
+        _CONFIG_FILE.reset(token)

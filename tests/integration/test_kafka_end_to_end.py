@@ -63,6 +63,9 @@ class Deployment:
     def up(self) -> None:
         created = self.cli("topics", "create")
         assert created.returncode == 0, created.stderr.decode()
+        assert created.stdout.decode().count(": created") == 4
+        again = self.cli("topics", "create")  # idempotent
+        assert again.returncode == 0 and again.stdout.decode().count(": exists") == 4
         self.worker = start(
             ["worker", "--worker-id", "it-worker"], self.env, f"{self.namespace}-worker"
         )
