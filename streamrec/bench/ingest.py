@@ -23,8 +23,8 @@ from features.stores.redis_store import RedisStore
 from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
 from streamrec.settings import Settings
-from streamrec.wiring import build_worker
-from streams.kafka_io import KafkaSource, RawProducer, client_config, create_topics
+from streamrec.wiring import kafka_worker
+from streams.kafka_io import client_config, create_topics
 from streams.producer import EventProducer
 from streams.simulator import SimulatorConfig, StreamSimulator
 
@@ -81,15 +81,7 @@ def _bare_consume(settings: Settings, total: int, group: str) -> float:
 
 def _worker_consume(settings: Settings, total: int) -> tuple[float, dict[str, int]]:
     """Seconds the real worker takes to apply ``total`` messages to Redis."""
-    store = RedisStore(settings.redis_url)
-    source = KafkaSource(
-        settings.kafka_bootstrap,
-        [settings.topics.interactions, settings.topics.items],
-        settings.worker.group_id,
-        settings.kafka_config,
-    )
-    dead = RawProducer(settings.kafka_bootstrap, settings.kafka_config)
-    worker = build_worker(settings, source, store, dead, worker_id="bench")
+    worker = kafka_worker(settings, worker_id="bench")
     first = None
     try:
         while worker.stats.applied + worker.stats.dead_lettered < total:
@@ -97,8 +89,8 @@ def _worker_consume(settings: Settings, total: int) -> tuple[float, dict[str, in
                 # The first batch's time is inside run_once; start the clock before it.
                 first = time.perf_counter() - worker.stats.last_batch_ms / 1000.0
     finally:
-        source.close()
-        store.close()
+        worker.source.close()
+        worker.store.close()
     seconds = time.perf_counter() - (first or time.perf_counter())
     return seconds, {"applied": worker.stats.applied, "dead_lettered": worker.stats.dead_lettered}
 
