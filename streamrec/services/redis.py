@@ -1,0 +1,49 @@
+"""Redis: the server's command line, its start, and its readiness probe."""
+
+from __future__ import annotations
+
+import shutil
+
+import redis
+
+from streamrec.services.common import Layout, ServiceError, log
+from streamrec.services.process import _rotate, _spawn
+from streamrec.settings import ServicesSettings
+
+
+def redis_command(redis_server: str, port: int, paths: Layout) -> list[str]:
+    """The command line of the Redis server: loopback only, append-only, no RDB snapshots."""
+    return [
+        redis_server,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(paths.redis_dir),
+        "--appendonly", "yes",
+        "--save", "",
+        "--daemonize", "no",
+        "--pidfile", str(paths.redis_pid),
+        "--logfile", str(paths.redis_log),
+    ]  # fmt: skip
+
+
+def _redis_answers(url: str, timeout: float) -> bool:
+    """Whether a Redis server answers PING."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _start_redis(services: ServicesSettings, paths: Layout) -> int:
+    server = shutil.which("redis-server")
+    if server is None:
+        raise ServiceError(
+            "redis-server not found on PATH; install it with `apt-get install redis-server`"
+        )
+    paths.redis_dir.mkdir(parents=True, exist_ok=True)
+    _rotate(paths.redis_log)
+    log.info("starting Redis on localhost:%d", services.redis_port)
+    return _spawn(redis_command(server, services.redis_port, paths), paths.redis_log)
