@@ -17,10 +17,11 @@ class ZIncrBy:
 
 @dataclass(frozen=True, slots=True)
 class ZAdd:
-    """Set scores of members (creating them)."""
+    """Set scores of members (creating them); with ``greater``, only raise existing scores."""
 
     key: str
     scores: Mapping[str, float]
+    greater: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,14 @@ class HSet:
 
 
 @dataclass(frozen=True, slots=True)
+class HSetNX:
+    """Set hash fields that are not set yet."""
+
+    key: str
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class SetBytes:
     """Set a plain value."""
 
@@ -78,7 +87,7 @@ class Delete:
     key: str
 
 
-Op = ZIncrBy | ZAdd | ZRem | ZKeepTop | ZScale | HSet | SetBytes | Expire | Delete
+Op = ZIncrBy | ZAdd | ZRem | ZKeepTop | ZScale | HSet | HSetNX | SetBytes | Expire | Delete
 
 
 class WriteBatch:
@@ -98,6 +107,15 @@ class WriteBatch:
         self._ops: list[Op] = []
         # key -> member -> index of its pending ZIncrBy in _ops
         self._incr_at: dict[str, dict[str, int]] = {}
+        self.guards: dict[tuple[str, str], str | None] = {}
+
+    def guard(self, key: str, field: str, expected: str | None) -> None:
+        """Commit only if hash field ``key.field`` still holds ``expected`` (None: unset).
+
+        Writers that derive values from shared state they read (a decay landmark) guard it,
+        so a concurrent change makes the store raise ConflictError instead of mixing frames.
+        """
+        self.guards[(key, field)] = expected
 
     def zincrby(self, key: str, member: str, amount: float) -> None:
         """Add to a member's score, merged with earlier increments of the same member."""
@@ -111,10 +129,10 @@ class WriteBatch:
             assert isinstance(prev, ZIncrBy)
             self._ops[slot] = ZIncrBy(key, member, prev.amount + amount)
 
-    def zadd(self, key: str, scores: Mapping[str, float]) -> None:
-        """Set members' scores."""
+    def zadd(self, key: str, scores: Mapping[str, float], *, greater: bool = False) -> None:
+        """Set members' scores; ``greater`` keeps an existing higher score (ZADD GT)."""
         if scores:
-            self._append(ZAdd(key, dict(scores)))
+            self._append(ZAdd(key, dict(scores), greater))
 
     def zrem(self, key: str, members: Sequence[str]) -> None:
         """Remove members from a sorted set."""
@@ -133,6 +151,11 @@ class WriteBatch:
         """Set hash fields."""
         if fields:
             self._append(HSet(key, dict(fields)))
+
+    def hsetnx(self, key: str, fields: Mapping[str, str]) -> None:
+        """Set hash fields only where they are not set yet."""
+        if fields:
+            self._append(HSetNX(key, dict(fields)))
 
     def set_bytes(self, key: str, value: bytes) -> None:
         """Set a plain value."""
@@ -158,4 +181,4 @@ class WriteBatch:
         return len(self._ops)
 
     def __bool__(self) -> bool:
-        return bool(self._ops)
+        return bool(self._ops) or bool(self.guards)

@@ -46,12 +46,30 @@ class Catalog:
                 "available": "1" if available else "0",
                 "created_at": str(created_at_ms),
                 "updated_at": str(ts_ms),
+                "stub": "0",
             },
         )
         if available:
             batch.zadd(self.keys.items_by_time(), {item_id: float(created_at_ms)})
         else:
             batch.zrem(self.keys.items_by_time(), [item_id])
+
+    def stub(self, batch: WriteBatch, item_id: str, *, ts_ms: int) -> None:
+        """Queue a placeholder for an item seen in interactions before its item event.
+
+        Field by field set-if-absent, so it never overrides a real record that lands first.
+        """
+        batch.hsetnx(
+            self.keys.item(item_id),
+            {
+                "category": "",
+                "creator": "",
+                "available": "1",
+                "created_at": str(ts_ms),
+                "updated_at": str(ts_ms),
+                "stub": "1",
+            },
+        )
 
     def remove(self, batch: WriteBatch, item_id: str, *, ts_ms: int) -> None:
         """Queue a delete: the record stays as a tombstone so filters can drop the item."""

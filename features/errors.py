@@ -15,5 +15,9 @@ class StoreUnavailableError(StreamrecError):
     """The live-state store cannot be reached."""
 
 
+class ConflictError(StreamrecError):
+    """A guarded write found the state changed since it was read; recompute and retry."""
+
+
 class TransportUnavailableError(StreamrecError):
     """The event transport (Kafka) cannot be reached or is full."""

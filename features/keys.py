@@ -1,51 +1,99 @@
 """Every Redis key streamrec uses, in one place.
 
-Keys are ``{namespace}:<kind>:<id>``. Keys that must be written in one transaction share a
-hash tag, so the same code runs on Redis Cluster.
+Keys are ``{namespace}:<kind>:<id>``. The whole namespace shares one hash tag: a worker's
+batch writes global counters, per-user state, per-item state and the offset table in one
+MULTI/EXEC, and on Redis Cluster a transaction must stay inside one slot. (A deployment that
+outgrows one shard runs one namespace per shard.)
 """
 
 from __future__ import annotations
+
+#: Scope of the counters kept over all items.
+GLOBAL = "global"
 
 
 class Keys:
     """Key builder for one namespace.
 
     Examples:
-        >>> Keys("sr").popularity(3600.0)
-        '{sr}:pop:3600'
-        >>> Keys("sr").seen("u1")
+        >>> keys = Keys("sr")
+        >>> keys.trending(3600.0)
+        '{sr}:trend:3600:global'
+        >>> keys.trending(86400.0, keys.category_scope("news"))
+        '{sr}:trend:86400:cat:news'
+        >>> keys.seen("u1")
         '{sr}:seen:u1'
     """
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        # One hash tag for the whole namespace: a worker's batch touches global counters, users'
-        # seen-sets and the offset table together, and MULTI/EXEC on a cluster needs one slot.
         self._prefix = "{" + namespace + "}"
 
-    def popularity(self, half_life_s: float) -> str:
-        """Sorted set of forward-decayed popularity for one half-life."""
-        return f"{self._prefix}:pop:{half_life_s:g}"
+    @property
+    def prefix(self) -> str:
+        """What every key of the namespace starts with."""
+        return self._prefix + ":"
+
+    @staticmethod
+    def category_scope(category: str) -> str:
+        """The trending scope of one category."""
+        return f"cat:{category}"
+
+    def trending(self, half_life_s: float, scope: str = GLOBAL) -> str:
+        """Sorted set of forward-decayed weighted counts for one half-life and scope."""
+        return f"{self._prefix}:trend:{half_life_s:g}:{scope}"
+
+    def popularity_all_time(self) -> str:
+        """Sorted set of undecayed weighted counts."""
+        return f"{self._prefix}:pop:all"
+
+    def categories(self) -> str:
+        """Sorted set of categories by when they were last seen (ms)."""
+        return f"{self._prefix}:categories"
+
+    def landmarks(self) -> str:
+        """Hash of decay landmark (seconds) per counter family."""
+        return f"{self._prefix}:landmarks"
 
     def item(self, item_id: str) -> str:
         """Hash of one item's catalog record."""
         return f"{self._prefix}:item:{item_id}"
 
     def items_by_time(self) -> str:
-        """Sorted set of available items scored by created_at (ms), newest last."""
+        """Sorted set of available items scored by created_at (ms)."""
         return f"{self._prefix}:items:fresh"
 
-    def landmarks(self) -> str:
-        """Hash of decay landmark (seconds) per counter key."""
-        return f"{self._prefix}:landmarks"
+    def item_embedding(self, item_id: str) -> str:
+        """float32 bytes of an item's embedding."""
+        return f"{self._prefix}:emb:{item_id}"
+
+    def covisitation(self, item_id: str) -> str:
+        """Sorted set of an item's co-visited neighbours, forward-decayed, bounded."""
+        return f"{self._prefix}:covis:{item_id}"
 
     def seen(self, user_id: str) -> str:
         """Sorted set of items a user interacted with, scored by event time (ms)."""
         return f"{self._prefix}:seen:{user_id}"
 
+    def negatives(self, user_id: str) -> str:
+        """Sorted set of items a user skipped or dismissed, scored by event time (ms)."""
+        return f"{self._prefix}:neg:{user_id}"
+
+    def session_embedding(self, user_id: str) -> str:
+        """Decayed short-term embedding state of a user's current session."""
+        return f"{self._prefix}:sess:{user_id}"
+
+    def user_embedding(self, user_id: str) -> str:
+        """Decayed long-term embedding state of a user."""
+        return f"{self._prefix}:user:{user_id}"
+
     def applied_offsets(self, topic: str) -> str:
         """Hash of partition → last applied offset, written with the state it covers."""
         return f"{self._prefix}:offsets:{topic}"
+
+    def watermarks(self, topic: str) -> str:
+        """Hash of partition → highest event time (ms) applied, for the lateness rule."""
+        return f"{self._prefix}:watermarks:{topic}"
 
     def workers(self) -> str:
         """Hash of worker id → JSON heartbeat, read by /health."""

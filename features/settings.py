@@ -26,6 +26,20 @@ class FeatureSettings(BaseModel):
     half_lives_s: list[float] = Field(default_factory=lambda: [3600.0, 86400.0], min_length=1)
     # Weight each interaction type adds to popularity counters; unknown types add 0.
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    # Half-life of co-visitation pair counts, in seconds.
+    covisitation_half_life_s: float = Field(7 * 86400.0, gt=0)
+    # How many of a user's latest items pair with each new event.
+    covisitation_window: int = Field(5, ge=1, le=100)
+    # Items touched more than this many seconds before an event do not pair with it.
+    covisitation_max_gap_s: float = Field(3600.0, gt=0)
+    # Most neighbours kept per item.
+    covisitation_neighbours: int = Field(100, ge=1, le=10_000)
+    # Half-life of the session embedding, in seconds.
+    session_half_life_s: float = Field(600.0, gt=0)
+    # A gap longer than this between a user's events starts a new session.
+    session_gap_s: float = Field(1800.0, gt=0)
+    # Half-life of the long-term user embedding, in seconds.
+    user_half_life_s: float = Field(14 * 86400.0, gt=0)
     # Most items remembered per user in the seen-set (oldest are evicted first).
     seen_max_items: int = Field(2000, ge=1, le=1_000_000)
     # A user's seen-set expires this many seconds after their last event.

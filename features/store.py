@@ -12,7 +12,9 @@ from features.batch import WriteBatch
 class Store(Protocol):
     """Where live state lives: Redis in production, a dict in the embedded mode and tests.
 
-    Writes happen only through :meth:`commit`, all-or-nothing. Reads are small and batched.
+    Writes happen only through :meth:`commit`, all-or-nothing; a batch whose guards no longer
+    hold raises :class:`features.errors.ConflictError` and writes nothing. Reads are small and
+    batched.
     Every method raises :class:`features.errors.StoreUnavailableError` when the backend is down.
     """
 
@@ -22,6 +24,10 @@ class Store(Protocol):
 
     def top(self, key: str, k: int) -> list[tuple[str, float]]:
         """The ``k`` highest-scored members, best first; ties by member, descending."""
+        ...
+
+    def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """:meth:`top` of several keys, in one round trip where the backend allows."""
         ...
 
     def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
@@ -46,6 +52,10 @@ class Store(Protocol):
 
     def ttl(self, key: str) -> int | None:
         """Seconds left to live; None for a key with no expiry or no key."""
+        ...
+
+    def dump(self, prefix: str) -> dict[str, object]:
+        """Every key under ``prefix``: zsets and hashes as dicts, values as bytes."""
         ...
 
     def ping(self) -> bool:

@@ -66,7 +66,7 @@ class FeedService:
     def _live(self, user_id: str, k: int, now_s: float) -> list[FeedItem]:
         fetch = k + self.OVERFETCH
         while True:
-            ranked = self.r.popularity.top(self.r.store, self.half_life_s, fetch, now_s)
+            ranked = self.r.trending.top(self.r.store, self.half_life_s, fetch, now_s)
             if fetch == k + self.OVERFETCH:
                 with self._lock:
                     self._last_good = ranked

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from features.catalog import Catalog
 from features.keys import Keys
-from features.popularity import DecayedPopularity
 from features.seen import SeenSet
 from features.settings import FeatureSettings
 from features.store import Store
+from features.trending import Trending
 from streams.schema import EventValidator
 from streams.transport import EventSink
 
@@ -28,15 +28,13 @@ class Resources:
     features: FeatureSettings
     validator: EventValidator
     transport_probe: TransportProbe
-    popularity: DecayedPopularity = field(init=False)
+    trending: Trending = field(init=False)
     seen: SeenSet = field(init=False)
     catalog: Catalog = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.popularity = DecayedPopularity(
-            self.keys, self.features.half_lives_s, self.features.event_weights
-        )
+        self.trending = Trending(self.keys, self.features.half_lives_s, self.features.event_weights)
         self.seen = SeenSet(
             self.keys, max_items=self.features.seen_max_items, ttl_s=self.features.seen_ttl_s
         )

@@ -1,8 +1,9 @@
 """Processors: pure functions from a batch of decoded events plus current state to writes.
 
 The runtime (Kafka or embedded) decodes, deduplicates and hands each processor the batch;
-the processor reads what it needs from the store and queues its writes into one WriteBatch,
-which the runtime commits atomically with the partition offsets.
+a processor reads what it needs through :class:`BatchReads` (each read happens once per
+batch, however many processors need it) and queues writes into one WriteBatch, which the
+runtime commits atomically with the partition offsets.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from features.batch import WriteBatch
 from features.catalog import Catalog
+from features.covisitation import Covisitation, Visit
 from features.keys import Keys
-from features.popularity import DecayedPopularity
-from features.seen import SeenSet
+from features.seen import NEGATIVE_TYPES, SeenSet
 from features.settings import FeatureSettings
 from features.store import Store
+from features.trending import Counted, Trending
 from streams.schema import Interaction, Item
 
 
@@ -33,62 +36,65 @@ class EventBatch:
         return len(self.interactions) + len(self.items)
 
 
+class BatchReads:
+    """State the processors read, fetched lazily and at most once per batch."""
+
+    def __init__(self, events: EventBatch, store: Store, keys: Keys) -> None:
+        self.events, self.store, self.keys = events, store, keys
+
+    @cached_property
+    def landmarks(self) -> dict[str, str]:
+        """The decay landmarks hash."""
+        return self.store.hgetall(self.keys.landmarks())
+
+    @cached_property
+    def known_categories(self) -> list[str]:
+        """Every category counted so far."""
+        return [c for c, _ in self.store.top(self.keys.categories(), 1_000_000)]
+
+    @cached_property
+    def interacted_items(self) -> list[str]:
+        """Distinct items of the batch's interactions, in first-seen order."""
+        return list(dict.fromkeys(e.item_id for e in self.events.interactions))
+
+    @cached_property
+    def catalog_categories(self) -> dict[str, str | None]:
+        """Category of each interacted item as the catalog has it; absent items are left out.
+
+        Item events of the same batch count too: an item and its first clicks often travel
+        together, and the counts must not depend on where a batch happens to be cut.
+        """
+        items = self.interacted_items
+        stored = self.store.hget_many([self.keys.item(i) for i in items], "category")
+        out = {
+            item: (cat or None) for item, cat in zip(items, stored, strict=True) if cat is not None
+        }
+        for item in self.events.items:
+            if item.op == "upsert":
+                out[item.item_id] = item.category or None
+        return out
+
+
 class Processor(Protocol):
     """Turns an event batch into state writes."""
 
     name: str
 
-    def apply(self, events: EventBatch, store: Store, batch: WriteBatch) -> None:
-        """Read current state from ``store`` as needed and queue writes into ``batch``."""
+    def apply(self, events: EventBatch, reads: BatchReads, batch: WriteBatch) -> None:
+        """Queue writes into ``batch``, reading current state through ``reads``."""
         ...
 
 
-class PopularityProcessor:
-    """Interactions → forward-decayed popularity per half-life."""
-
-    name = "popularity"
-
-    def __init__(self, popularity: DecayedPopularity) -> None:
-        self.popularity = popularity
-
-    def apply(self, events: EventBatch, store: Store, batch: WriteBatch) -> None:
-        """One landmark read, then one merged increment per (half-life, item)."""
-        if not events.interactions:
-            return
-        landmarks = store.hgetall(self.popularity.keys.landmarks())
-        self.popularity.add(
-            batch, landmarks, ((e.item_id, e.type, e.ts) for e in events.interactions)
-        )
-
-
-class SeenProcessor:
-    """Interactions → each user's bounded seen-set."""
-
-    name = "seen"
-
-    def __init__(self, seen: SeenSet) -> None:
-        self.seen = seen
-
-    def apply(self, events: EventBatch, store: Store, batch: WriteBatch) -> None:
-        """Group by user so each user's set is written once per batch."""
-        per_user: dict[str, dict[str, int]] = defaultdict(dict)
-        for e in events.interactions:
-            items = per_user[e.user_id]
-            items[e.item_id] = max(e.ts, items.get(e.item_id, 0))
-        for user_id, items in per_user.items():
-            self.seen.add(batch, user_id, items)
-
-
 class CatalogProcessor:
-    """Item events → catalog records (latest event per item wins within a batch)."""
+    """Item events → catalog records; interactions on unknown items → catalog stubs."""
 
     name = "catalog"
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    def apply(self, events: EventBatch, store: Store, batch: WriteBatch) -> None:
-        """Write each item's last upsert or delete of the batch."""
+    def apply(self, events: EventBatch, reads: BatchReads, batch: WriteBatch) -> None:
+        """Write each item's last upsert or delete of the batch, then stubs for the unknown."""
         latest: dict[str, Item] = {}
         for item in events.items:
             latest[item.item_id] = item
@@ -105,12 +111,93 @@ class CatalogProcessor:
                     created_at_ms=item.created_at if item.created_at is not None else item.ts,
                     ts_ms=item.ts,
                 )
+        if events.interactions:
+            known = reads.catalog_categories
+            first_seen: dict[str, int] = {}
+            for e in events.interactions:
+                if e.item_id not in known and e.item_id not in first_seen:
+                    first_seen[e.item_id] = e.ts
+            for item_id, ts in first_seen.items():
+                self.catalog.stub(batch, item_id, ts_ms=ts)
+
+
+class TrendingProcessor:
+    """Interactions → decayed trending (global and per category) and all-time popularity."""
+
+    name = "trending"
+
+    def __init__(self, trending: Trending) -> None:
+        self.trending = trending
+
+    def apply(self, events: EventBatch, reads: BatchReads, batch: WriteBatch) -> None:
+        """One set of reads, then one merged increment per (key, item)."""
+        if not events.interactions:
+            return
+        categories = reads.catalog_categories
+        counted = [
+            Counted(e.item_id, e.type, e.ts, categories.get(e.item_id)) for e in events.interactions
+        ]
+        self.trending.add(batch, reads.landmarks, reads.known_categories, counted)
+
+
+class SeenProcessor:
+    """Interactions → each user's bounded seen-set and negative set."""
+
+    name = "seen"
+
+    def __init__(self, seen: SeenSet) -> None:
+        self.seen = seen
+
+    def apply(self, events: EventBatch, reads: BatchReads, batch: WriteBatch) -> None:
+        """Group by user so each user's sets are written once per batch."""
+        seen: dict[str, dict[str, int]] = defaultdict(dict)
+        negative: dict[str, dict[str, int]] = defaultdict(dict)
+        for e in events.interactions:
+            for table, wanted in ((seen, True), (negative, e.type in NEGATIVE_TYPES)):
+                if wanted:
+                    items = table[e.user_id]
+                    items[e.item_id] = max(e.ts, items.get(e.item_id, e.ts))
+        for user_id, items in seen.items():
+            self.seen.add(batch, user_id, items, negative.get(user_id))
+
+
+class CovisitationProcessor:
+    """Interactions → co-visited item pairs from each user's recent history."""
+
+    name = "covisitation"
+
+    def __init__(self, covisitation: Covisitation, seen: SeenSet) -> None:
+        self.covisitation = covisitation
+        self.seen = seen
+
+    def apply(self, events: EventBatch, reads: BatchReads, batch: WriteBatch) -> None:
+        """Read every user's latest items in one round trip, then count pairs."""
+        visits: dict[str, list[Visit]] = defaultdict(list)
+        for e in events.interactions:
+            visits[e.user_id].append(Visit(e.item_id, e.ts, e.type not in NEGATIVE_TYPES))
+        if not visits:
+            return
+        users = list(visits)
+        recent = self.seen.recent(reads.store, users, self.covisitation.history_size)
+        history = dict(zip(users, recent, strict=True))
+        self.covisitation.add(batch, reads.landmarks, history, visits)
 
 
 def default_processors(keys: Keys, settings: FeatureSettings) -> Sequence[Processor]:
     """The processors every worker runs, in order."""
+    seen = SeenSet(keys, max_items=settings.seen_max_items, ttl_s=settings.seen_ttl_s)
     return (
         CatalogProcessor(Catalog(keys)),
-        PopularityProcessor(DecayedPopularity(keys, settings.half_lives_s, settings.event_weights)),
-        SeenProcessor(SeenSet(keys, max_items=settings.seen_max_items, ttl_s=settings.seen_ttl_s)),
+        TrendingProcessor(Trending(keys, settings.half_lives_s, settings.event_weights)),
+        CovisitationProcessor(
+            Covisitation(
+                keys,
+                half_life_s=settings.covisitation_half_life_s,
+                window=settings.covisitation_window,
+                max_gap_s=settings.covisitation_max_gap_s,
+                max_neighbours=settings.covisitation_neighbours,
+            ),
+            seen,
+        ),
+        SeenProcessor(seen),
     )

@@ -18,21 +18,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from features.batch import WriteBatch
-from features.errors import InvalidEventError, StoreUnavailableError
+from features.errors import ConflictError, InvalidEventError, StoreUnavailableError
 from features.keys import Keys
 from features.store import Store
 from streams.dead_letter import DeadLetterPolicy
-from streams.processors import EventBatch, Processor
+from streams.processors import BatchReads, EventBatch, Processor
 from streams.schema import EventValidator, Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
 from streams.transport import MessageSource, RawMessage, TopicPartition
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _Stopped(Exception):
@@ -45,6 +46,7 @@ class WorkerStats:
 
     applied: int = 0
     skipped_duplicates: int = 0
+    conflicts: int = 0
     dead_lettered: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
@@ -136,7 +138,9 @@ class Worker:
 
     def _apply(self, messages: list[RawMessage], stop: threading.Event | None) -> int:
         started = time.perf_counter()
-        applied_offsets = self._with_store(self._applied_offsets, messages, stop)
+        topics = sorted({m.topic for m in messages})
+        checkpoint = self._with_store(lambda: self._read_checkpoint(topics), stop)
+        applied_offsets, watermarks = checkpoint
         events = EventBatch()
         last: dict[TopicPartition, int] = {}
         now_ms = int(self.clock() * 1000)
@@ -146,21 +150,46 @@ class Worker:
             if msg.offset <= applied_offsets.get(tp, -1):
                 self.stats.skipped_duplicates += 1
                 continue
-            self._decode_into(events, msg, now_ms)
+            self._decode_into(events, msg, now_ms, watermarks)
         self.dead_letter.flush()
-        batch = WriteBatch()
-        for processor in self.processors:
-            processor.apply(events, self.store, batch)
-        for (topic, partition), offset in last.items():
-            batch.hset(self.keys.applied_offsets(topic), {str(partition): str(offset)})
-        self._with_store(self.store.commit, batch, stop)
+        while True:
+            try:
+                self._with_store(lambda: self._compute_and_commit(events, last, watermarks), stop)
+                break
+            except ConflictError as exc:
+                # Another worker moved a shared landmark: recompute against the new state.
+                self.stats.conflicts += 1
+                log.info("batch conflicted (%s); recomputing", exc)
         self.source.commit({tp: offset + 1 for tp, offset in last.items()})
         self.stats.applied += len(events)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
         return len(events)
 
-    def _decode_into(self, events: EventBatch, msg: RawMessage, now_ms: int) -> None:
+    def _compute_and_commit(
+        self,
+        events: EventBatch,
+        last: dict[TopicPartition, int],
+        watermarks: dict[TopicPartition, int],
+    ) -> None:
+        batch = WriteBatch()
+        reads = BatchReads(events, self.store, self.keys)
+        for processor in self.processors:
+            processor.apply(events, reads, batch)
+        for (topic, partition), offset in last.items():
+            batch.hset(self.keys.applied_offsets(topic), {str(partition): str(offset)})
+            if (topic, partition) in watermarks:
+                mark = str(watermarks[(topic, partition)])
+                batch.hset(self.keys.watermarks(topic), {str(partition): mark})
+        self.store.commit(batch)
+
+    def _decode_into(
+        self,
+        events: EventBatch,
+        msg: RawMessage,
+        now_ms: int,
+        watermarks: dict[TopicPartition, int],
+    ) -> None:
         kind = self._kinds.get(msg.topic)
         if kind is None:
             self._reject(msg, f"no processor for topic {msg.topic!r}")
@@ -171,6 +200,17 @@ class Worker:
             self._reject(msg, str(exc))
             return
         if kind is Interaction:
+            tp = (msg.topic, msg.partition)
+            mark = watermarks.get(tp)
+            lateness = self.settings.allowed_lateness_ms
+            if mark is not None and event.ts < mark - lateness:
+                self._reject(
+                    msg,
+                    f"ts {event.ts} is {mark - event.ts} ms behind the partition's event time"
+                    f" (allowed lateness {lateness} ms) - at `$.ts`",
+                )
+                return
+            watermarks[tp] = event.ts if mark is None else max(mark, event.ts)
             events.interactions.append(event)
         else:
             events.items.append(event)
@@ -179,20 +219,26 @@ class Worker:
         self.dead_letter.reject(msg, reason)
         self.stats.dead_lettered += 1
 
-    def _applied_offsets(self, messages: list[RawMessage]) -> dict[TopicPartition, int]:
-        out: dict[TopicPartition, int] = {}
-        for topic in {m.topic for m in messages}:
+    def _read_checkpoint(
+        self, topics: list[str]
+    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """Last applied offset and event-time watermark of each partition, as stored."""
+        offsets: dict[TopicPartition, int] = {}
+        watermarks: dict[TopicPartition, int] = {}
+        for topic in topics:
             for partition, offset in self.store.hgetall(self.keys.applied_offsets(topic)).items():
-                out[(topic, int(partition))] = int(offset)
-        return out
+                offsets[(topic, int(partition))] = int(offset)
+            for partition, mark in self.store.hgetall(self.keys.watermarks(topic)).items():
+                watermarks[(topic, int(partition))] = int(mark)
+        return offsets, watermarks
 
-    def _with_store(self, fn: Callable[[Any], Any], arg: Any, stop: threading.Event | None) -> Any:
-        """Call ``fn(arg)``, waiting out a store outage with backoff; raise _Stopped if told to."""
+    def _with_store(self, fn: Callable[[], T], stop: threading.Event | None) -> T:
+        """Call ``fn()``, waiting out a store outage with backoff; raise _Stopped if told to."""
         backoff = Backoff()
         stop = stop or threading.Event()
         while True:
             try:
-                result = fn(arg)
+                result = fn()
             except StoreUnavailableError as exc:
                 if not self._store_down:
                     log.error("%s; retrying with backoff", exc)

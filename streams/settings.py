@@ -35,5 +35,8 @@ class WorkerSettings(BaseModel):
     max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     # How far in the future an event time may be, in milliseconds, before it is rejected.
     max_future_ms: int = Field(5 * 60 * 1000, ge=0)
+    # Events older than the partition's highest applied event time minus this are too late
+    # to count at their event time and go to the dead-letter topic.
+    allowed_lateness_ms: int = Field(3_600_000, ge=0)
     # Seconds between heartbeats the worker writes for /health.
     heartbeat_s: float = Field(2.0, gt=0, le=300)

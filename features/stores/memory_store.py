@@ -10,6 +10,7 @@ from features.batch import (
     Delete,
     Expire,
     HSet,
+    HSetNX,
     Op,
     SetBytes,
     WriteBatch,
@@ -19,6 +20,7 @@ from features.batch import (
     ZRem,
     ZScale,
 )
+from features.errors import ConflictError
 
 
 def _rank_key(item: tuple[str, float]) -> tuple[float, bytes]:
@@ -49,6 +51,10 @@ class InMemoryStore:
     def commit(self, batch: WriteBatch) -> None:
         """Apply the batch under one lock, so readers never see half of it."""
         with self._lock:
+            for (key, field), expected in batch.guards.items():
+                self._expire_if_due(key)
+                if self._hashes.get(key, {}).get(field) != expected:
+                    raise ConflictError(f"{key}.{field} changed since it was read")
             for op in batch:
                 self._apply(op)
 
@@ -57,8 +63,11 @@ class InMemoryStore:
             case ZIncrBy(key, member, amount):
                 target = self._writable_zset(key)
                 target[member] = target.get(member, 0.0) + amount
-            case ZAdd(key, scores):
-                self._writable_zset(key).update(scores)
+            case ZAdd(key, scores, greater):
+                target = self._writable_zset(key)
+                for member, score in scores.items():
+                    if not greater or score > target.get(member, float("-inf")):
+                        target[member] = score
             case ZRem(key, members):
                 zset = self._live_zset(key)
                 if zset is not None:
@@ -77,6 +86,11 @@ class InMemoryStore:
             case HSet(key, fields):
                 self._expire_if_due(key)
                 self._hashes.setdefault(key, {}).update(fields)
+            case HSetNX(key, fields):
+                self._expire_if_due(key)
+                record = self._hashes.setdefault(key, {})
+                for field, value in fields.items():
+                    record.setdefault(field, value)
             case SetBytes(key, value):
                 self._delete(key)
                 self._values[key] = value
@@ -119,6 +133,10 @@ class InMemoryStore:
                 return []
             return sorted(zset.items(), key=_rank_key, reverse=True)[:k]
 
+    def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """:meth:`top` of several keys."""
+        return [self.top(key, k) for key in keys]
+
     def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
         """Scores of ``members``; None for the absent."""
         with self._lock:
@@ -156,6 +174,18 @@ class InMemoryStore:
             if not self._exists(key) or key not in self._expiry:
                 return None
             return max(0, round(self._expiry[key] - self._clock()))
+
+    def dump(self, prefix: str) -> dict[str, object]:
+        """Every live key under ``prefix`` with its value (tests compare stores with this)."""
+        with self._lock:
+            out: dict[str, object] = {}
+            for table in (self._zsets, self._hashes, self._values):
+                for key in list(table):
+                    self._expire_if_due(key)
+                    if key.startswith(prefix) and key in table:
+                        value = table[key]
+                        out[key] = dict(value) if isinstance(value, dict) else value
+            return out
 
     def ping(self) -> bool:
         """Always reachable."""

@@ -9,11 +9,13 @@ from typing import Any
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from features.batch import (
     Delete,
     Expire,
     HSet,
+    HSetNX,
     SetBytes,
     WriteBatch,
     ZAdd,
@@ -22,7 +24,7 @@ from features.batch import (
     ZRem,
     ZScale,
 )
-from features.errors import StoreUnavailableError
+from features.errors import ConflictError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -51,10 +53,25 @@ class RedisStore:
         """Apply the batch in one MULTI/EXEC transaction."""
         if not batch:
             return
-        pipe = self._client.pipeline(transaction=True)
-        for op in batch:
-            _queue(pipe, op)
-        self._call("commit", pipe.execute)
+        self._call("commit", lambda: self._commit(batch))
+
+    def _commit(self, batch: WriteBatch) -> None:
+        pipe: Any
+        with self._client.pipeline(transaction=True) as pipe:
+            if batch.guards:
+                # Optimistic concurrency: WATCH the guarded hashes, check them, then MULTI.
+                pipe.watch(*{key for key, _ in batch.guards})
+                for (key, field), expected in batch.guards.items():
+                    current = pipe.hget(key, field)
+                    if (None if current is None else current.decode()) != expected:
+                        raise ConflictError(f"{key}.{field} changed since it was read")
+                pipe.multi()
+            for op in batch:
+                _queue(pipe, op)
+            try:
+                pipe.execute()
+            except WatchError:
+                raise ConflictError("a guarded key changed during the commit") from None
 
     def top(self, key: str, k: int) -> list[tuple[str, float]]:
         """ZREVRANGE … WITHSCORES."""
@@ -64,6 +81,16 @@ class RedisStore:
             "top", lambda: self._client.zrevrange(key, 0, k - 1, withscores=True)
         )
         return [(m.decode(), float(s)) for m, s in rows]
+
+    def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """ZREVRANGE of several keys in one pipelined round trip."""
+        if not keys or k <= 0:
+            return [[] for _ in keys]
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrevrange(key, 0, k - 1, withscores=True)
+        rows: list[list[tuple[bytes, float]]] = self._call("top_many", pipe.execute)
+        return [[(m.decode(), float(s)) for m, s in row] for row in rows]
 
     def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
         """ZMSCORE."""
@@ -111,6 +138,22 @@ class RedisStore:
         except (*_UNAVAILABLE, redis.RedisError):
             return False
 
+    def dump(self, prefix: str) -> dict[str, object]:
+        """Every key under ``prefix`` with its value, in the shapes InMemoryStore.dump uses."""
+        client: Any = self._client  # redis-py's bytes/str unions do not narrow here
+        out: dict[str, object] = {}
+        for raw_key in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+            key = raw_key.decode()
+            kind = client.type(raw_key).decode()
+            if kind == "zset":
+                rows = client.zrange(raw_key, 0, -1, withscores=True)
+                out[key] = {m.decode(): float(s) for m, s in rows}
+            elif kind == "hash":
+                out[key] = {f.decode(): v.decode() for f, v in client.hgetall(raw_key).items()}
+            elif kind == "string":
+                out[key] = client.get(raw_key)
+        return out
+
     def flush_namespace(self, pattern: str) -> int:
         """Delete every key matching ``pattern`` (tests and benchmarks reset with this)."""
         deleted = 0
@@ -127,8 +170,8 @@ def _queue(pipe: Any, op: object) -> None:
     match op:
         case ZIncrBy(key, member, amount):
             pipe.zincrby(key, amount, member)
-        case ZAdd(key, scores):
-            pipe.zadd(key, dict(scores))
+        case ZAdd(key, scores, greater):
+            pipe.zadd(key, dict(scores), gt=greater)
         case ZRem(key, members):
             pipe.zrem(key, *members)
         case ZKeepTop(key, keep):
@@ -138,6 +181,9 @@ def _queue(pipe: Any, op: object) -> None:
             pipe.zunionstore(key, {key: factor})
         case HSet(key, fields):
             pipe.hset(key, mapping=dict(fields))
+        case HSetNX(key, fields):
+            for field, value in fields.items():
+                pipe.hsetnx(key, field, value)
         case SetBytes(key, value):
             pipe.set(key, value)
         case Expire(key, seconds):
@@ -146,3 +192,8 @@ def _queue(pipe: Any, op: object) -> None:
             pipe.delete(key)
         case _:
             raise TypeError(f"unknown store op {op!r}")
+
+
+def _glob_escape(text: str) -> str:
+    """Escape SCAN MATCH metacharacters (key prefixes contain braces and may contain []?*)."""
+    return "".join("\\" + c if c in "[]?*\\" else c for c in text)

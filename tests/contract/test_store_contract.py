@@ -38,7 +38,7 @@ def test_is_a_store(store: Store) -> None:
 
 
 def test_incr_merges_and_ranks_with_redis_tie_order(store: Store, keys: Keys) -> None:
-    k = keys.popularity(60.0)
+    k = keys.trending(60.0)
 
     def build(b: WriteBatch) -> None:
         b.zincrby(k, "a", 1.0)
@@ -56,7 +56,7 @@ def test_incr_merges_and_ranks_with_redis_tie_order(store: Store, keys: Keys) ->
 
 
 def test_scale_multiplies_every_score(store: Store, keys: Keys) -> None:
-    k = keys.popularity(1.0)
+    k = keys.trending(1.0)
     commit(store, lambda b: b.zadd(k, {"a": 2.0, "b": 8.0}))
     commit(store, lambda b: b.zscale(k, 0.25))
     assert store.top(k, 5) == [("b", 2.0), ("a", 0.5)]
@@ -97,7 +97,7 @@ def test_expire_sets_a_ttl_and_removes_the_key(store: Store, keys: Keys) -> None
 
 
 def test_commit_is_ordered(store: Store, keys: Keys) -> None:
-    k = keys.popularity(2.0)
+    k = keys.trending(2.0)
 
     def build(b: WriteBatch) -> None:
         b.zincrby(k, "a", 4.0)

@@ -28,7 +28,7 @@ def test_events_become_popularity_and_seen_state() -> None:
     events = [click(1, "u1", "a"), click(2, "u2", "a"), click(3, "u1", "b", "view")]
     store, worker, _ = run_pipeline(events, now_ms=NOW)
     assert worker.stats.applied == 3
-    top = store.top(KEYS.popularity(3600.0), 10)
+    top = store.top(KEYS.trending(3600.0), 10)
     assert [item for item, _ in top] == ["a", "b"]
     assert store.zscores(KEYS.seen("u1"), ["a", "b", "c"]) == [NOW + 1, NOW + 3, None]
 
@@ -59,7 +59,7 @@ def test_replayed_events_are_skipped_by_the_offset_table() -> None:
     bus = InProcessBus(partitions=1)
     store = InMemoryStore()
     store, first, bus = run_pipeline([click(1), click(2)], store=store, bus=bus, now_ms=NOW)
-    before = store.top(KEYS.popularity(3600.0), 1)
+    before = store.top(KEYS.trending(3600.0), 1)
     # A new group member starting from offset 0 sees the same messages again.
     _, second, _ = run_pipeline(
         [],
@@ -70,7 +70,7 @@ def test_replayed_events_are_skipped_by_the_offset_table() -> None:
     )
     assert second.stats.skipped_duplicates == 2
     assert second.stats.applied == 0
-    assert store.top(KEYS.popularity(3600.0), 1) == before
+    assert store.top(KEYS.trending(3600.0), 1) == before
 
 
 def test_items_update_the_catalog_latest_wins() -> None:
@@ -134,6 +134,59 @@ def test_same_stream_same_state() -> None:
         sim = StreamSimulator(SimulatorConfig(users=50, items=200, embedding_dim=64), seed=3)
         events = [*sim.initial_items(NOW), *sim.events(3000, start_ms=NOW)]
         store, _, _ = run_pipeline(events, now_ms=NOW + 10**8)
-        return store.top(KEYS.popularity(86400.0), 50)
+        return store.top(KEYS.trending(86400.0), 50)
 
     assert final_state() == final_state()
+
+
+def test_late_events_beyond_the_allowed_lateness_are_dead_lettered() -> None:
+    bus = InProcessBus(partitions=1)
+    hour = 3_600_000
+    events = [
+        click(0),
+        click(2 * hour, item="new"),
+        click(hour + 1, item="late-ok"),
+        click(0, item="too-late"),
+    ]
+    store, worker, bus = run_pipeline(events, bus=bus, now_ms=NOW + 3 * hour)
+    assert worker.stats.applied == 3
+    dead = bus.read(TopicSettings().dead_letter)
+    assert len(dead) == 1 and b"too-late" in (dead[0].value or b"")
+    assert b"allowed lateness" in dead[0].headers[REASON]
+    # A late event within the lateness still counts, at its own event time.
+    assert store.zscores(KEYS.seen("u1"), ["late-ok"]) == [float(NOW + hour + 1)]
+    # The watermark survives restarts: it is stored with the offsets.
+    assert store.hgetall(KEYS.watermarks(TopicSettings().interactions)) == {
+        "0": str(NOW + 2 * hour)
+    }
+
+
+def test_interactions_on_unknown_items_create_catalog_stubs() -> None:
+    store, worker, _ = run_pipeline(
+        [click(1, item="ghost"), Item(item_id="real", ts=NOW, category="news")], now_ms=NOW
+    )
+    assert worker.stats.dead_lettered == 0
+    assert store.hgetall(KEYS.item("ghost"))["stub"] == "1"
+    assert store.hgetall(KEYS.item("real"))["stub"] == "0"
+    # A later real item event replaces the stub.
+    run_pipeline([Item(item_id="ghost", ts=NOW + 5, category="tech")], store=store, now_ms=NOW)
+    assert store.hgetall(KEYS.item("ghost"))["category"] == "tech"
+    assert store.hgetall(KEYS.item("ghost"))["stub"] == "0"
+
+
+def test_categories_come_from_the_catalog() -> None:
+    store, _, _ = run_pipeline(
+        [Item(item_id="n1", ts=NOW, category="news"), click(1, item="n1"), click(2, item="x")],
+        now_ms=NOW,
+    )
+    assert [i for i, _ in store.top(KEYS.trending(3600.0, "cat:news"), 10)] == ["n1"]
+    assert [i for i, _ in store.top(KEYS.trending(3600.0), 10)] == ["x", "n1"]
+
+
+def test_skips_and_dismisses_are_remembered_as_negatives() -> None:
+    store, _, _ = run_pipeline(
+        [click(1, item="a"), click(2, item="b", kind="skip"), click(3, item="c", kind="dismiss")],
+        now_ms=NOW,
+    )
+    assert {i for i, _ in store.top(KEYS.negatives("u1"), 10)} == {"b", "c"}
+    assert store.zcard(KEYS.seen("u1")) == 3
