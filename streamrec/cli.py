@@ -109,7 +109,10 @@ def produce(
 @app.command()
 def worker(
     config: ConfigOption = None,
-    worker_id: Annotated[str | None, typer.Option(help="Name in heartbeats and logs.")] = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(help="Stable name: heartbeats, logs, and static group membership."),
+    ] = None,
 ) -> None:
     """Consume interactions and items from Kafka and apply them to Redis."""
     from streamrec.wiring import kafka_worker, wait_for_store

@@ -78,6 +78,7 @@ def kafka_worker(settings: Settings, worker_id: str | None = None) -> Worker:
         [settings.topics.interactions, settings.topics.items],
         settings.worker.group_id,
         settings.kafka_config,
+        instance_id=worker_id,
     )
     dead_letters = RawProducer(settings.kafka_bootstrap, settings.kafka_config, name="dead-letter")
     return build_worker(settings, source, store, dead_letters, worker_id)

@@ -112,18 +112,27 @@ class KafkaSource:
         topics: list[str],
         group_id: str,
         extra: Mapping[str, str],
+        instance_id: str | None = None,
     ) -> None:
         self.connection = ConnectionLog(f"consumer {group_id}")
-        config = client_config(bootstrap, extra) | {
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "fetch.min.bytes": 1,
-            "queued.max.messages.kbytes": 65536,
-            "error_cb": self.connection.on_error,
-        }
+        # A named worker is a static group member: restarted under the same name (after a
+        # crash or a deploy) it takes its partitions back at once, without waiting for the
+        # session timeout or rebalancing the others.
+        static = {"group.instance.id": instance_id} if instance_id else {}
+        config = (
+            client_config(bootstrap, extra)
+            | static
+            | {
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "fetch.min.bytes": 1,
+                "queued.max.messages.kbytes": 65536,
+                "error_cb": self.connection.on_error,
+            }
+        )
         self._consumer = Consumer(config)
         self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
         self.assigned: set[TP] = set()

@@ -154,7 +154,10 @@ class Worker:
         self.dead_letter.flush()
         while True:
             try:
-                self._with_store(lambda: self._compute_and_commit(events, last, watermarks), stop)
+                self._with_store(
+                    lambda: self._compute_and_commit(events, last, applied_offsets, watermarks),
+                    stop,
+                )
                 break
             except ConflictError as exc:
                 # Another worker moved a shared landmark: recompute against the new state.
@@ -170,6 +173,7 @@ class Worker:
         self,
         events: EventBatch,
         last: dict[TopicPartition, int],
+        applied: dict[TopicPartition, int],
         watermarks: dict[TopicPartition, int],
     ) -> None:
         batch = WriteBatch()
@@ -177,7 +181,10 @@ class Worker:
         for processor in self.processors:
             processor.apply(events, reads, batch)
         for (topic, partition), offset in last.items():
-            batch.hset(self.keys.applied_offsets(topic), {str(partition): str(offset)})
+            # Never below the stored offset: a replayed batch of pure duplicates must not move
+            # the table back, or the messages after it would be applied a second time.
+            high = max(offset, applied.get((topic, partition), -1))
+            batch.hset(self.keys.applied_offsets(topic), {str(partition): str(high)})
             if (topic, partition) in watermarks:
                 mark = str(watermarks[(topic, partition)])
                 batch.hset(self.keys.watermarks(topic), {str(partition): mark})

@@ -106,3 +106,55 @@ def test_commit_is_ordered(store: Store, keys: Keys) -> None:
 
     commit(store, build)
     assert store.zscores(k, ["a"]) == [3.0]
+
+
+def test_zadd_greater_only_raises_scores(store: Store, keys: Keys) -> None:
+    k = keys.seen("gt")
+    commit(store, lambda b: b.zadd(k, {"a": 5.0, "b": 5.0}))
+    commit(store, lambda b: b.zadd(k, {"a": 3.0, "b": 9.0, "c": 1.0}, greater=True))
+    assert store.zscores(k, ["a", "b", "c"]) == [5.0, 9.0, 1.0]
+
+
+def test_hsetnx_keeps_existing_fields(store: Store, keys: Keys) -> None:
+    k = keys.item("stub")
+    commit(store, lambda b: b.hset(k, {"category": "news"}))
+    commit(store, lambda b: b.hsetnx(k, {"category": "", "stub": "1"}))
+    assert store.hgetall(k) == {"category": "news", "stub": "1"}
+
+
+def test_guards_make_a_stale_batch_write_nothing(store: Store, keys: Keys) -> None:
+    from features.errors import ConflictError
+
+    marks, pop = keys.landmarks(), keys.trending(5.0)
+    commit(store, lambda b: b.hset(marks, {"f": "1"}))
+
+    def stale(b: WriteBatch) -> None:
+        b.guard(marks, "f", "0")
+        b.zincrby(pop, "a", 1.0)
+
+    with pytest.raises(ConflictError):
+        commit(store, stale)
+    assert store.zcard(pop) == 0
+
+    def fresh(b: WriteBatch) -> None:
+        b.guard(marks, "f", "1")
+        b.guard(marks, "unset", None)
+        b.zincrby(pop, "a", 1.0)
+
+    commit(store, fresh)
+    assert store.zcard(pop) == 1
+
+
+def test_top_many_and_dump(store: Store, keys: Keys) -> None:
+    a, b_, empty = keys.seen("a"), keys.seen("b"), keys.seen("none")
+    commit(store, lambda b: b.zadd(a, {"x": 1.0, "y": 2.0}))
+    commit(store, lambda b: b.zadd(b_, {"z": 3.0}))
+    commit(store, lambda b: b.set_bytes(keys.item_embedding("x"), b"\x01\x02"))
+    commit(store, lambda b: b.hset(keys.item("x"), {"category": "c"}))
+    assert store.top_many([a, b_, empty], 1) == [[("y", 2.0)], [("z", 3.0)], []]
+    assert store.dump(keys.prefix) == {
+        a: {"x": 1.0, "y": 2.0},
+        b_: {"z": 3.0},
+        keys.item_embedding("x"): b"\x01\x02",
+        keys.item("x"): {"category": "c"},
+    }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,88 +10,14 @@ import httpx
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
 
 from features.keys import Keys
 from features.stores.redis_store import RedisStore
 from streams.dead_letter import REASON, SOURCE_TOPIC
-from tests.helpers import free_port, start, stop, wait_for
+from tests.helpers import wait_for
+from tests.integration.deployment import Deployment
 
 pytestmark = pytest.mark.integration
-
-
-class Deployment:
-    """A worker and an API process on topics and keys of their own."""
-
-    def __init__(self, bootstrap: str, redis_url: str) -> None:
-        run = f"it-{uuid.uuid4().hex[:8]}"
-        self.bootstrap, self.redis_url, self.namespace = bootstrap, redis_url, run
-        self.topics = {
-            "interactions": f"{run}.interactions",
-            "items": f"{run}.items",
-            "impressions": f"{run}.impressions",
-            "dead_letter": f"{run}.dead-letter",
-        }
-        self.port = free_port()
-        self.env = {
-            "STREAMREC_KAFKA_BOOTSTRAP": bootstrap,
-            "STREAMREC_REDIS_URL": redis_url,
-            "STREAMREC_NAMESPACE": run,
-            "STREAMREC_WORKER__GROUP_ID": f"{run}-worker",
-            "STREAMREC_WORKER__HEARTBEAT_S": "0.5",
-            "STREAMREC_WORKER__BATCH_TIMEOUT_MS": "20",
-            "STREAMREC_TOPICS__PARTITIONS": "3",
-            "STREAMREC_SERVING__PORT": str(self.port),
-            **{f"STREAMREC_TOPICS__{k.upper()}": v for k, v in self.topics.items()},
-        }
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def cli(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        import os
-
-        return subprocess.run(
-            [sys.executable, "-m", "streamrec", *args],
-            env={**os.environ, **self.env},
-            input=stdin,
-            capture_output=True,
-            timeout=120,
-        )
-
-    def up(self) -> None:
-        created = self.cli("topics", "create")
-        assert created.returncode == 0, created.stderr.decode()
-        assert created.stdout.decode().count(": created") == 4
-        again = self.cli("topics", "create")  # idempotent
-        assert again.returncode == 0 and again.stdout.decode().count(": exists") == 4
-        self.worker = start(
-            ["worker", "--worker-id", "it-worker"], self.env, f"{self.namespace}-worker"
-        )
-        self.api = start(["serve"], self.env, f"{self.namespace}-api")
-        self.procs += [self.worker, self.api]
-        wait_for("the API and a live worker", self.healthy, timeout_s=60)
-
-    def healthy(self) -> bool:
-        response = httpx.get(f"{self.base}/health", timeout=5)
-        return response.status_code == 200 and response.json()["status"] == "ok"
-
-    def feed(self, user: str, k: int = 10) -> list[str]:
-        body = httpx.get(f"{self.base}/feed/{user}", params={"k": k}, timeout=5).json()
-        assert body["degraded"] is False
-        return [item["item_id"] for item in body["items"]]
-
-    def down(self) -> None:
-        for proc in self.procs:
-            stop(proc)
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        for future in admin.delete_topics(list(self.topics.values())).values():
-            try:
-                future.result(timeout=30)
-            except Exception:  # noqa: BLE001, S110 - best-effort cleanup
-                pass
-        store = RedisStore(self.redis_url)
-        store.flush_namespace("{" + self.namespace + "}:*")
-        store.close()
 
 
 @pytest.fixture

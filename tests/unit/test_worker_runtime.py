@@ -14,7 +14,7 @@ from streams.bus import InProcessBus
 from streams.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from streams.pipeline import run_pipeline
 from streams.schema import Interaction, Item
-from streams.settings import TopicSettings
+from streams.settings import TopicSettings, WorkerSettings
 
 NOW = 1_800_000_000_000
 KEYS = Keys("sr")
@@ -190,3 +190,27 @@ def test_skips_and_dismisses_are_remembered_as_negatives() -> None:
     )
     assert {i for i, _ in store.top(KEYS.negatives("u1"), 10)} == {"b", "c"}
     assert store.zcard(KEYS.seen("u1")) == 3
+
+
+def test_a_replay_of_old_offsets_never_moves_the_offset_table_back() -> None:
+    """After a crash the consumer resumes from its last commit, which may be far behind the
+    store. Batches of pure duplicates must leave the table at its high mark, or the
+    messages after them would be applied twice."""
+    bus = InProcessBus(partitions=1)
+    store = InMemoryStore()
+    events = [click(n, item=f"i{n}") for n in range(10)]
+    run_pipeline(events, store=store, bus=bus, now_ms=NOW)
+    offsets_key = KEYS.applied_offsets(TopicSettings().interactions)
+    assert store.hgetall(offsets_key) == {"0": "9"}
+    # A fresh group member re-reads from offset 0 in small batches.
+    _, replayer, _ = run_pipeline(
+        [],
+        store=store,
+        bus=bus,
+        now_ms=NOW,
+        worker=WorkerSettings(group_id="replayer", batch_size=3),
+    )
+    assert replayer.stats.skipped_duplicates == 10
+    assert replayer.stats.applied == 0
+    assert store.hgetall(offsets_key) == {"0": "9"}
+    assert store.top(KEYS.popularity_all_time(), 1) == [("i9", 2.0)]
