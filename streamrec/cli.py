@@ -217,6 +217,23 @@ def bench_ingest(
     typer.echo(orjson.dumps(figures).decode())
 
 
+@bench_app.command("ann")
+def bench_ann(
+    n: Annotated[
+        int, typer.Option(min=1000, help="Items in the index (1000000 for the 1M run).")
+    ] = 100_000,
+    dim: Annotated[int, typer.Option(min=2, help="Embedding dimension.")] = 64,
+    queries: Annotated[int, typer.Option(min=10, help="Queries to time.")] = 1_000,
+    seed: Annotated[int, typer.Option(help="Seed of the data.")] = 0,
+) -> None:
+    """HNSW inserts/s, QPS and recall@10 while inserts continue, against exact brute force."""
+    from streamrec.bench.ann import run_ann_bench
+
+    _setup(None)
+    figures = run_ann_bench(n=n, dim=dim, queries=queries, seed=seed)
+    typer.echo(orjson.dumps(figures).decode())
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
