@@ -40,6 +40,12 @@ class FeatureSettings(BaseModel):
     session_gap_s: float = Field(1800.0, gt=0)
     # Half-life of the long-term user embedding, in seconds.
     user_half_life_s: float = Field(14 * 86400.0, gt=0)
+    # HNSW graph degree (build parameter).
+    ann_m: int = Field(16, ge=2, le=128)
+    # HNSW construction beam (build parameter).
+    ann_ef_construction: int = Field(200, ge=8, le=4096)
+    # HNSW search beam (query parameter; recall against speed).
+    ann_ef_search: int = Field(64, ge=1, le=4096)
     # Most items remembered per user in the seen-set (oldest are evicted first).
     seen_max_items: int = Field(2000, ge=1, le=1_000_000)
     # A user's seen-set expires this many seconds after their last event.

@@ -41,8 +41,11 @@ def health_report(
                 }
             )
     consumers_ok = any(w["alive"] for w in workers)
+    index = r.replica.status() if r.replica is not None else {"ready": True, "items": 0}
+    healthy = store_ok and transport_ok and consumers_ok and index["ready"]
     return {
-        "status": "ok" if store_ok and transport_ok and consumers_ok else "degraded",
+        "status": "ok" if healthy else "degraded",
+        "index": index,
         "store": {"ok": store_ok, "detail": "reachable" if store_ok else "unreachable"},
         "transport": {"ok": transport_ok, "detail": transport_detail},
         "consumers": {

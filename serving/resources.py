@@ -11,6 +11,7 @@ from features.seen import SeenSet
 from features.settings import FeatureSettings
 from features.store import Store
 from features.trending import Trending
+from streams.replica import IndexReplica
 from streams.schema import EventValidator
 from streams.transport import EventSink
 
@@ -28,6 +29,7 @@ class Resources:
     features: FeatureSettings
     validator: EventValidator
     transport_probe: TransportProbe
+    replica: IndexReplica | None = None
     trending: Trending = field(init=False)
     seen: SeenSet = field(init=False)
     catalog: Catalog = field(init=False)

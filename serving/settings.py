@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 
@@ -18,5 +20,9 @@ class ServingSettings(BaseModel):
     max_k: int = Field(200, ge=1, le=10_000)
     # Largest accepted POST body, in bytes.
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # Where this process snapshots its ANN replica of the catalog (none: rebuild on start).
+    index_snapshot_dir: Path | None = Field(Path(".streamrec/index-replica"))
+    # Seconds between replica snapshots.
+    index_snapshot_every_s: float = Field(60.0, gt=0)
     # A worker heartbeat older than this many seconds makes /health report it stale.
     worker_stale_s: float = Field(15.0, gt=0)

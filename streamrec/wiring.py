@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
+from features.ann import HnswIndex
 from features.keys import Keys
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
@@ -13,9 +15,10 @@ from serving.resources import Resources
 from streamrec.settings import Settings
 from streams.bus import InProcessBus
 from streams.dead_letter import DeadLetterPolicy
-from streams.kafka_io import BrokerProbe, KafkaSource, RawProducer
+from streams.kafka_io import BrokerProbe, KafkaSource, KafkaTailSource, RawProducer
 from streams.processors import default_processors
 from streams.producer import EventProducer
+from streams.replica import IndexReplica, SourceFactory
 from streams.runtime import Backoff, Worker
 from streams.schema import EventValidator
 from streams.transport import MessageSource, RawSink
@@ -93,6 +96,13 @@ def kafka_resources(settings: Settings) -> Resources:
             "serve: store unreachable at %s; /health reports it until it answers",
             settings.redis_url,
         )
+    replica = index_replica(
+        settings,
+        lambda start: KafkaTailSource(
+            settings.kafka_bootstrap, settings.topics.items, settings.kafka_config, start
+        ),
+        settings.serving.index_snapshot_dir,
+    )
     resources = Resources(
         store=store,
         sink=producer,
@@ -100,18 +110,48 @@ def kafka_resources(settings: Settings) -> Resources:
         features=settings.features,
         validator=validator(settings),
         transport_probe=BrokerProbe(producer.raw),
+        replica=replica,
     )
-    resources.on_close.extend([store.close, producer.close])
+    resources.on_close.extend([store.close, producer.close, replica.stop])
+    replica.start()
     return resources
 
 
 def embedded_resources(settings: Settings, bus: InProcessBus, store: InMemoryStore) -> Resources:
     """Serving resources on the in-process bus and in-memory store."""
-    return Resources(
+    replica = index_replica(
+        settings, lambda start: bus.tail_source(settings.topics.items, start), snapshot_dir=None
+    )
+    resources = Resources(
         store=store,
         sink=bus,
         keys=Keys(settings.namespace),
         features=settings.features,
         validator=validator(settings),
         transport_probe=lambda: (True, "in-process bus"),
+        replica=replica,
+    )
+    resources.on_close.append(replica.stop)
+    replica.start()
+    return resources
+
+
+def index_replica(
+    settings: Settings, source_factory: SourceFactory, snapshot_dir: Path | None
+) -> IndexReplica:
+    """The serving process's ANN replica of the items topic."""
+    f = settings.features
+    return IndexReplica(
+        topic=settings.topics.items,
+        dim=f.embedding_dim,
+        source_factory=source_factory,
+        validator=validator(settings),
+        snapshot_dir=snapshot_dir,
+        snapshot_every_s=settings.serving.index_snapshot_every_s,
+        index_factory=lambda: HnswIndex(
+            f.embedding_dim,
+            M=f.ann_m,
+            ef_construction=f.ann_ef_construction,
+            ef_search=f.ann_ef_search,
+        ),
     )

@@ -103,6 +103,12 @@ class InProcessBus:
         """A consumer of ``topics`` in consumer group ``group`` (one member per group)."""
         return BusSource(self, topics, group)
 
+    def tail_source(self, topic: str, start: Mapping[int, int]) -> BusSource:
+        """A reader of a whole topic from given offsets (per partition), outside any group."""
+        source = BusSource(self, [topic], group=f"tail-{id(start)}-{time.monotonic_ns()}")
+        source._positions.update({(topic, p): offset for p, offset in start.items()})
+        return source
+
     def _poll(
         self,
         topics: list[str],
@@ -149,10 +155,13 @@ class InProcessBus:
             for tp, offset in next_offsets.items():
                 self._committed[(group, tp)] = offset
 
-    def _lag(self, topics: list[str], group: str) -> dict[TopicPartition, int]:
+    def _lag(
+        self, topics: list[str], group: str, positions: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
         with self._cond:
             return {
-                (topic, i): part.next_offset - self._committed.get((group, (topic, i)), 0)
+                (topic, i): part.next_offset
+                - max(positions.get((topic, i), 0), self._committed.get((group, (topic, i)), 0))
                 for topic in topics
                 for i, part in enumerate(self._topic(topic))
             }
@@ -174,8 +183,8 @@ class BusSource:
         self._bus._commit(self._group, next_offsets)
 
     def lag(self) -> dict[TopicPartition, int]:
-        """Messages not yet committed per partition."""
-        return self._bus._lag(self._topics, self._group)
+        """Messages not yet handed out (nor committed) per partition."""
+        return self._bus._lag(self._topics, self._group, self._positions)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from features.errors import TransportUnavailableError
@@ -295,3 +303,95 @@ class BrokerProbe:
                     self._answer = (False, str(exc))
                 self._checked_at = now
             return self._answer
+
+
+class KafkaTailSource:
+    """Reads every partition of one topic from given offsets, outside any consumer group.
+
+    Each serving process keeps its own index replica, so it must see the whole items topic
+    (not a group's share of it) and it tracks its own positions in its snapshots.
+    """
+
+    def __init__(
+        self, bootstrap: str, topic: str, extra: Mapping[str, str], start: Mapping[int, int]
+    ) -> None:
+        self.connection = ConnectionLog(f"replica of {topic}")
+        config = client_config(bootstrap, extra) | {
+            "group.id": f"streamrec-replica-{uuid.uuid4().hex}",  # required, never joined
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "error_cb": self.connection.on_error,
+        }
+        self._consumer = Consumer(config)
+        self.topic = topic
+        self._start = dict(start)
+        self._assigned = False
+        self._lag_checked = float("-inf")
+        self._lag: dict[TP, int] = {}
+
+    def _assign(self) -> bool:
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=5.0)
+        except KafkaException:
+            return False
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            return False
+        parts = [
+            TopicPartition(self.topic, p, self._start.get(p, OFFSET_BEGINNING))
+            for p in sorted(topic.partitions)
+        ]
+        self._consumer.assign(parts)
+        self._assigned = True
+        return True
+
+    def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
+        """The next messages; none until the topic exists."""
+        if not self._assigned and not self._assign():
+            time.sleep(timeout_s)
+            return []
+        out: list[RawMessage] = []
+        for msg in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
+            err = msg.error()
+            if err is None:
+                out.append(
+                    RawMessage(
+                        msg.topic() or "",
+                        msg.partition() or 0,
+                        msg.offset() or 0,
+                        _as_bytes(msg.key()),
+                        _as_bytes(msg.value()),
+                        msg.timestamp()[1],
+                    )
+                )
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("replica consume error: %s", err.str())
+        if out:
+            self.connection.mark_up()
+        return out
+
+    def commit(self, next_offsets: Mapping[TP, int]) -> None:
+        """Positions live in the replica's snapshots, not in Kafka."""
+
+    def lag(self) -> dict[TP, int]:
+        """Messages behind the end of each partition (asks the broker at most once a second)."""
+        if not self._assigned:
+            return {(self.topic, -1): 1}  # not even assigned: certainly not caught up
+        now = time.monotonic()
+        if now - self._lag_checked < 1.0:
+            return self._lag
+        self._lag_checked = now
+        lag: dict[TP, int] = {}
+        for part in self._consumer.position(self._consumer.assignment()):
+            try:
+                low, high = self._consumer.get_watermark_offsets(part, timeout=2.0)
+            except KafkaException:
+                return self._lag
+            position = part.offset if part.offset >= 0 else low
+            lag[(part.topic, part.partition)] = max(0, high - position)
+        self._lag = lag
+        return lag
+
+    def close(self) -> None:
+        """Release the consumer."""
+        self._consumer.close()

@@ -159,6 +159,8 @@ def test_health_reports_store_transport_and_workers(client: TestClient, system: 
     assert response.status_code == 503  # no worker has reported yet
     assert response.json()["consumers"]["ok"] is False
     system.worker.run_once()
+    replica = client.app.state.resources.replica  # type: ignore[attr-defined]
+    assert replica.ready.wait(10), "the index replica never caught up"
     body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["store"]["ok"] and body["transport"]["ok"]

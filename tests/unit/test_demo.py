@@ -27,8 +27,11 @@ def test_demo_serves_a_feed_that_follows_the_stream() -> None:
             return body["items"] or None
 
         first = wait_for("a non-empty demo feed", feed)
-        health = httpx.get(f"{base}/health", timeout=5).json()
-        assert health["status"] == "ok", health
+        # Healthy once the worker reports and the index replica has caught up.
+        wait_for(
+            "the demo to report healthy",
+            lambda: httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok",
+        )
         # The stream keeps flowing: the decayed scores move between two reads.
         second = wait_for("the feed to change", lambda: (f := feed()) != first and f)
         assert {i["item_id"] for i in second} and second != first

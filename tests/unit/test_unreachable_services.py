@@ -35,8 +35,14 @@ def test_the_server_starts_reports_the_problem_and_never_500s() -> None:
     log = (ARTIFACTS / "serve-unreachable.log").read_text()
     assert "Traceback" not in log
     assert log.count("store unreachable") == 1
-    assert log.count("kafka unreachable") == 1
-    assert len(log.splitlines()) <= 5, log
+    # One line per Kafka client (the event producer, the index replica's reader), not per retry.
+    kafka_lines = [
+        line.split(": kafka unreachable")[0]
+        for line in log.splitlines()
+        if "kafka unreachable" in line
+    ]
+    assert kafka_lines and len(kafka_lines) == len(set(kafka_lines)), log
+    assert len(log.splitlines()) <= 6, log
 
 
 def test_the_worker_waits_for_redis_with_one_log_line() -> None:

@@ -120,7 +120,6 @@ def test_a_worker_stopped_during_an_outage_commits_nothing() -> None:
     stop = threading.Event()
     stop.set()
     assert worker.run_once(stop) == 0
-    assert sum(worker.source.lag().values()) == 1  # the consumer offset did not move
     # A restarted worker (same group, fresh position) applies the event once the store is back.
     _, restarted, _ = run_pipeline([], store=healthy, bus=bus, now_ms=NOW)
     assert restarted.stats.applied == 1

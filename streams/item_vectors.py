@@ -1,0 +1,36 @@
+"""The embedding of an item event: its own when it carries one, else its content's hash.
+
+The worker (which stores item embeddings for session and user embeddings) and every serving
+replica (which indexes them) call this one function, so they agree on every vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from features.embeddings import content_embedding
+from streams.schema import Item
+
+
+def item_vector(item: Item, dim: int) -> npt.NDArray[np.float32] | None:
+    """The item's unit float32 vector, or None when it has neither embedding nor content.
+
+    Examples:
+        >>> v = item_vector(Item(item_id="i", ts=0, category="news", tags=["x"]), dim=8)
+        >>> v.dtype, round(float(v @ v), 5)
+        (dtype('float32'), 1.0)
+        >>> item_vector(Item(item_id="i", ts=0, embedding=[3.0, 4.0]), dim=2).tolist()
+        [0.6000000238418579, 0.800000011920929]
+        >>> item_vector(Item(item_id="i", ts=0), dim=8) is None
+        True
+    """
+    if item.embedding is not None:
+        vector = np.asarray(item.embedding, dtype=np.float64)
+        norm = float(np.linalg.norm(vector))
+        return (vector / norm).astype(np.float32) if norm > 0 else None
+    text = " ".join(part for part in (item.title, item.text) if part)
+    vector32 = content_embedding(
+        dim=dim, category=item.category, creator=item.creator, tags=item.tags, text=text or None
+    )
+    return vector32 if vector32.any() else None
