@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
+import numpy as np
+
 from features.batch import WriteBatch
 from features.catalog import Catalog
 from features.covisitation import Covisitation, Visit
+from features.embeddings import EMBEDDING_EVENT_WEIGHTS, EmbeddingState, Vector, update_many
 from features.keys import Keys
 from features.seen import NEGATIVE_TYPES, SeenSet
 from features.settings import FeatureSettings
 from features.store import Store
 from features.trending import Counted, Trending
+from streams.item_vectors import item_vector
 from streams.schema import Interaction, Item
 
 
@@ -39,8 +43,32 @@ class EventBatch:
 class BatchReads:
     """State the processors read, fetched lazily and at most once per batch."""
 
-    def __init__(self, events: EventBatch, store: Store, keys: Keys) -> None:
-        self.events, self.store, self.keys = events, store, keys
+    def __init__(self, events: EventBatch, store: Store, keys: Keys, dim: int) -> None:
+        self.events, self.store, self.keys, self.dim = events, store, keys, dim
+
+    @cached_property
+    def new_item_vectors(self) -> dict[str, Vector | None]:
+        """Vectors of the batch's item upserts (the last event per item wins)."""
+        latest = {item.item_id: item for item in self.events.items}
+        return {
+            item_id: item_vector(item, self.dim) if item.op == "upsert" else None
+            for item_id, item in latest.items()
+        }
+
+    @cached_property
+    def item_vectors(self) -> dict[str, Vector]:
+        """Vector of every interacted item that has one: from this batch, else as stored."""
+        items = self.interacted_items
+        stored = self.store.get_bytes([self.keys.item_embedding(i) for i in items])
+        out = {
+            item: np.frombuffer(raw, dtype=np.float32)
+            for item, raw in zip(items, stored, strict=True)
+            if raw is not None and len(raw) == 4 * self.dim
+        }
+        for item_id, vector in self.new_item_vectors.items():
+            if vector is not None:
+                out[item_id] = vector
+        return out
 
     @cached_property
     def landmarks(self) -> dict[str, str]:
@@ -98,6 +126,9 @@ class CatalogProcessor:
         latest: dict[str, Item] = {}
         for item in events.items:
             latest[item.item_id] = item
+        for item_id, vector in reads.new_item_vectors.items():
+            if vector is not None:
+                batch.set_bytes(reads.keys.item_embedding(item_id), vector.tobytes())
         for item in latest.values():
             if item.op == "delete":
                 self.catalog.remove(batch, item.item_id, ts_ms=item.ts)
@@ -183,6 +214,65 @@ class CovisitationProcessor:
         self.covisitation.add(batch, reads.landmarks, history, visits)
 
 
+class EmbeddingProcessor:
+    """Interactions → each user's session (short-term) and long-term embeddings."""
+
+    name = "embeddings"
+
+    def __init__(self, keys: Keys, settings: FeatureSettings) -> None:
+        self.keys = keys
+        self.dim = settings.embedding_dim
+        self.session_half_life_s = settings.session_half_life_s
+        self.session_gap_s = settings.session_gap_s
+        self.user_half_life_s = settings.user_half_life_s
+        self.weights = dict(EMBEDDING_EVENT_WEIGHTS)
+        # A session key outlives its gap a little, so a late event still finds it.
+        self.session_ttl_s = int(4 * settings.session_gap_s)
+        self.user_ttl_s = settings.seen_ttl_s
+
+    def apply(self, events: EventBatch, reads: BatchReads, batch: WriteBatch) -> None:
+        """One read of item vectors and of user states, one update per user and state."""
+        vectors = reads.item_vectors if events.interactions else {}
+        per_user: dict[str, list[Interaction]] = defaultdict(list)
+        for e in events.interactions:
+            if e.item_id in vectors and self.weights.get(e.type, 0.0) != 0.0:
+                per_user[e.user_id].append(e)
+        if not per_user:
+            return
+        users = list(per_user)
+        session_keys = [self.keys.session_embedding(u) for u in users]
+        user_keys = [self.keys.user_embedding(u) for u in users]
+        stored = reads.store.get_bytes(session_keys + user_keys)
+        for n, user in enumerate(users):
+            evs = per_user[user]
+            matrix = np.stack([vectors[e.item_id] for e in evs])
+            weights = np.array([self.weights[e.type] for e in evs], dtype=np.float64)
+            ts = np.array([e.ts for e in evs], dtype=np.int64)
+            for key, raw, half_life, gap, ttl in (
+                (
+                    session_keys[n],
+                    stored[n],
+                    self.session_half_life_s,
+                    self.session_gap_s,
+                    self.session_ttl_s,
+                ),
+                (
+                    user_keys[n],
+                    stored[len(users) + n],
+                    self.user_half_life_s,
+                    None,
+                    self.user_ttl_s,
+                ),
+            ):
+                state = EmbeddingState.from_bytes(raw, self.dim) if raw is not None else None
+                updated = update_many(
+                    state, matrix, weights, ts, half_life_s=half_life, session_gap_s=gap
+                )
+                if updated is not None and updated is not state:
+                    batch.set_bytes(key, updated.to_bytes())
+                    batch.expire(key, ttl)
+
+
 def default_processors(keys: Keys, settings: FeatureSettings) -> Sequence[Processor]:
     """The processors every worker runs, in order."""
     seen = SeenSet(keys, max_items=settings.seen_max_items, ttl_s=settings.seen_ttl_s)
@@ -200,4 +290,5 @@ def default_processors(keys: Keys, settings: FeatureSettings) -> Sequence[Proces
             seen,
         ),
         SeenProcessor(seen),
+        EmbeddingProcessor(keys, settings),
     )

@@ -66,6 +66,9 @@ class IndexReplica:
         self._thread: threading.Thread | None = None
         self._source: MessageSource | None = None
         self._last_snapshot = time.monotonic()
+        # Measured by the replica's own thread: Kafka clients are not to be shared with the
+        # HTTP threads that read status().
+        self._lag: int | None = None
 
     def start(self) -> None:
         """Load the last snapshot (if any) and follow the topic from where it ends."""
@@ -97,9 +100,11 @@ class IndexReplica:
                 messages = self._source.poll_batch(self.batch_size, self.poll_timeout_s)
                 if messages:
                     self.apply(messages)
-                elif not self.ready.is_set() and not any(self._source.lag().values()):
-                    self.ready.set()
-                    log.info("index replica caught up: %d items", len(self.index))
+                else:
+                    self._lag = sum(self._source.lag().values())
+                    if not self.ready.is_set() and self._lag == 0:
+                        self.ready.set()
+                        log.info("index replica caught up: %d items", len(self.index))
                 if time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
                     self.snapshot()
             except Exception:  # noqa: BLE001 - the replica must outlive any one bad batch
@@ -142,13 +147,12 @@ class IndexReplica:
 
     def status(self) -> dict[str, Any]:
         """What /health shows about the replica."""
-        lag = self._source.lag() if self._source is not None else {}
         return {
             "ready": self.ready.is_set(),
             "items": len(self.index),
             "applied": self.applied,
             "skipped": self.skipped,
-            "lag": sum(lag.values()),
+            "lag": self._lag,
             "restored_from_snapshot": self.restored_from is not None,
         }
 

@@ -177,7 +177,7 @@ class Worker:
         watermarks: dict[TopicPartition, int],
     ) -> None:
         batch = WriteBatch()
-        reads = BatchReads(events, self.store, self.keys)
+        reads = BatchReads(events, self.store, self.keys, self.validator.embedding_dim)
         for processor in self.processors:
             processor.apply(events, reads, batch)
         for (topic, partition), offset in last.items():

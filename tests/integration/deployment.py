@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -43,6 +44,7 @@ class Deployment:
             "STREAMREC_WORKER__BATCH_TIMEOUT_MS": "20",
             "STREAMREC_TOPICS__PARTITIONS": str(partitions),
             "STREAMREC_SERVING__PORT": str(self.port),
+            "STREAMREC_SERVING__INDEX_SNAPSHOT_DIR": f".streamrec/test-index/{run}",
             **{f"STREAMREC_TOPICS__{k.upper()}": v for k, v in self.topics.items()},
             **(env or {}),
         }
@@ -102,6 +104,7 @@ class Deployment:
     def down(self) -> None:
         for proc in self.procs:
             stop(proc)
+        shutil.rmtree(self.env["STREAMREC_SERVING__INDEX_SNAPSHOT_DIR"], ignore_errors=True)
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         for future in admin.delete_topics(list(self.topics.values())).values():
             try:

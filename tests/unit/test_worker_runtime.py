@@ -161,14 +161,16 @@ def test_late_events_beyond_the_allowed_lateness_are_dead_lettered() -> None:
 
 
 def test_interactions_on_unknown_items_create_catalog_stubs() -> None:
-    store, worker, _ = run_pipeline(
+    store, worker, bus = run_pipeline(
         [click(1, item="ghost"), Item(item_id="real", ts=NOW, category="news")], now_ms=NOW
     )
     assert worker.stats.dead_lettered == 0
     assert store.hgetall(KEYS.item("ghost"))["stub"] == "1"
     assert store.hgetall(KEYS.item("real"))["stub"] == "0"
     # A later real item event replaces the stub.
-    run_pipeline([Item(item_id="ghost", ts=NOW + 5, category="tech")], store=store, now_ms=NOW)
+    run_pipeline(
+        [Item(item_id="ghost", ts=NOW + 5, category="tech")], store=store, bus=bus, now_ms=NOW
+    )
     assert store.hgetall(KEYS.item("ghost"))["category"] == "tech"
     assert store.hgetall(KEYS.item("ghost"))["stub"] == "0"
 
@@ -213,3 +215,37 @@ def test_a_replay_of_old_offsets_never_moves_the_offset_table_back() -> None:
     assert replayer.stats.applied == 0
     assert store.hgetall(offsets_key) == {"0": "9"}
     assert store.top(KEYS.popularity_all_time(), 1) == [("i9", 2.0)]
+
+
+def test_session_and_user_embeddings_follow_what_the_user_engages_with() -> None:
+    from features.embeddings import EmbeddingState, vector
+    from features.settings import FeatureSettings
+
+    dim = FeatureSettings().embedding_dim
+    axis = [[1.0 if j == i else 0.0 for j in range(dim)] for i in range(3)]
+    items = [Item(item_id=f"e{i}", ts=NOW, embedding=axis[i]) for i in range(3)]
+    clicks = [click(1, item="e0"), click(2, item="e0"), click(3, item="e1", kind="view")]
+    store, _, bus = run_pipeline([*items, *clicks], now_ms=NOW)
+    raw_session = store.get_bytes([KEYS.session_embedding("u1")])[0]
+    assert raw_session is not None and len(raw_session) == 20 + 4 * dim  # float32 bytes
+    session = vector(EmbeddingState.from_bytes(raw_session, dim))
+    assert session is not None and session[0] > session[1] > 0.0 and abs(session[2]) < 1e-6
+    # Dismissing e0 pushes the session away from it; a long gap starts a new session.
+    # Later runs reuse the bus: the offset table is per topic partition.
+    run_pipeline([click(10, item="e0", kind="dismiss")], store=store, bus=bus, now_ms=NOW)
+    pushed = vector(
+        EmbeddingState.from_bytes(store.get_bytes([KEYS.session_embedding("u1")])[0], dim)
+    )  # type: ignore[arg-type]
+    assert pushed is not None and pushed[0] < session[0]
+    later = NOW + 3 * 3_600_000
+    run_pipeline(
+        [Interaction(event_id="late", user_id="u1", item_id="e2", type="click", ts=later)],
+        store=store,
+        bus=bus,
+        now_ms=later,
+    )
+    fresh = EmbeddingState.from_bytes(store.get_bytes([KEYS.session_embedding("u1")])[0], dim)  # type: ignore[arg-type]
+    assert fresh.count == 1 and vector(fresh)[2] > 0.99  # type: ignore[index]
+    # The long-term embedding keeps all of it.
+    user = EmbeddingState.from_bytes(store.get_bytes([KEYS.user_embedding("u1")])[0], dim)  # type: ignore[arg-type]
+    assert user.count == 5
