@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class ZIncrBy:
-    """Add ``amount`` to ``member``'s score."""
+    """Add each member's amount to its score (ZINCRBY per member)."""
 
     key: str
-    member: str
-    amount: float
+    amounts: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +98,14 @@ class WriteBatch:
     Examples:
         >>> b = WriteBatch()
         >>> b.zincrby("k", "a", 1.0); b.zincrby("k", "b", 2.0); b.zincrby("k", "a", 0.5)
-        >>> [(op.member, op.amount) for op in b]
-        [('a', 1.5), ('b', 2.0)]
+        >>> [op.amounts for op in b]
+        [{'a': 1.5, 'b': 2.0}]
     """
 
     def __init__(self) -> None:
         self._ops: list[Op] = []
-        # key -> member -> index of its pending ZIncrBy in _ops
-        self._incr_at: dict[str, dict[str, int]] = {}
+        # key -> the amounts of its open ZIncrBy, which later increments merge into
+        self._open_incr: dict[str, dict[str, float]] = {}
         self.guards: dict[tuple[str, str], str | None] = {}
 
     def guard(self, key: str, field: str, expected: str | None) -> None:
@@ -119,15 +118,20 @@ class WriteBatch:
 
     def zincrby(self, key: str, member: str, amount: float) -> None:
         """Add to a member's score, merged with earlier increments of the same member."""
-        members = self._incr_at.setdefault(key, {})
-        slot = members.get(member)
-        if slot is None:
-            members[member] = len(self._ops)
-            self._ops.append(ZIncrBy(key, member, amount))
-        else:
-            prev = self._ops[slot]
-            assert isinstance(prev, ZIncrBy)
-            self._ops[slot] = ZIncrBy(key, member, prev.amount + amount)
+        amounts = self._open_incr.get(key)
+        if amounts is None:
+            amounts = self._open_incr[key] = {}
+            self._ops.append(ZIncrBy(key, amounts))
+        amounts[member] = amounts.get(member, 0.0) + amount
+
+    def zincrby_many(self, key: str, amounts: Mapping[str, float]) -> None:
+        """:meth:`zincrby` for many members of one key."""
+        merged = self._open_incr.get(key)
+        if merged is None:
+            merged = self._open_incr[key] = {}
+            self._ops.append(ZIncrBy(key, merged))
+        for member, amount in amounts.items():
+            merged[member] = merged.get(member, 0.0) + amount
 
     def zadd(self, key: str, scores: Mapping[str, float], *, greater: bool = False) -> None:
         """Set members' scores; ``greater`` keeps an existing higher score (ZADD GT)."""
@@ -171,7 +175,7 @@ class WriteBatch:
 
     def _append(self, op: Op) -> None:
         # A later increment must not merge across a write that reads or resets the same key.
-        self._incr_at.pop(op.key, None)
+        self._open_incr.pop(op.key, None)
         self._ops.append(op)
 
     def __iter__(self) -> Iterator[Op]:

@@ -84,33 +84,49 @@ class Covisitation:
             batch.hset(self.keys.landmarks(), {FAMILY: repr(landmark)})
         else:
             landmark = float(stored)
-        touched: set[str] = set()
+        # item -> neighbour -> amount, merged in plain dicts before touching the batch.
+        pairs: dict[str, dict[str, float]] = {}
         for user, user_visits in visits.items():
-            for item, neighbour, ts_ms in self._pairs(history.get(user, ()), user_visits):
+            for item, neighbours, ts_ms in self._pairs(history.get(user, ()), user_visits):
                 amount = forward_weight(1.0, ts_ms / 1000.0, landmark, self.rate)
-                batch.zincrby(self.keys.covisitation(item), neighbour, amount)
-                batch.zincrby(self.keys.covisitation(neighbour), item, amount)
-                touched.update((item, neighbour))
-        for item in sorted(touched):
-            batch.zkeeptop(self.keys.covisitation(item), self.max_neighbours)
+                mine = pairs.setdefault(item, {})
+                for neighbour in neighbours:
+                    mine[neighbour] = mine.get(neighbour, 0.0) + amount
+                    theirs = pairs.setdefault(neighbour, {})
+                    theirs[item] = theirs.get(item, 0.0) + amount
+        for item in sorted(pairs):
+            key = self.keys.covisitation(item)
+            batch.zincrby_many(key, pairs[item])
+            batch.zkeeptop(key, self.max_neighbours)
 
     def _pairs(
         self, history: Iterable[tuple[str, float]], visits: Sequence[Visit]
-    ) -> Iterable[tuple[str, str, int]]:
-        # The user's recent items as their seen-set will hold them: item -> latest ts.
-        recent = {item: ts for item, ts in history}
+    ) -> Iterable[tuple[str, list[str], int]]:
+        """Each positive visit with the recent items it pairs with."""
+        # The user's recent items as their seen-set will hold them, newest first, ordered as
+        # Redis orders a sorted set read backwards: by time, then by id, both descending.
+        recent: list[tuple[float, str]] = sorted(((ts, i) for i, ts in history), reverse=True)
         for visit in visits:
             if visit.positive:
-                ranked = sorted(recent.items(), key=lambda r: (r[1], r[0]), reverse=True)
-                others = [r for r in ranked if r[0] != visit.item_id][: self.window]
-                for prev, ts in others:
-                    if visit.ts_ms - self.max_gap_ms <= ts:
-                        yield visit.item_id, prev, visit.ts_ms
-            if visit.ts_ms > recent.get(visit.item_id, float("-inf")):
-                recent[visit.item_id] = visit.ts_ms
-            if len(recent) > 4 * self.history_size:
-                keep = sorted(recent.items(), key=lambda r: (r[1], r[0]), reverse=True)
-                recent = dict(keep[: self.history_size])
+                oldest_ms = visit.ts_ms - self.max_gap_ms
+                others = [(ts, i) for ts, i in recent if i != visit.item_id][: self.window]
+                neighbours = [i for ts, i in others if ts >= oldest_ms]
+                if neighbours:
+                    yield visit.item_id, neighbours, visit.ts_ms
+            recent = self._remember(recent, visit)
+
+    def _remember(self, recent: list[tuple[float, str]], visit: Visit) -> list[tuple[float, str]]:
+        """The recent list after ``visit`` (a later time wins, as ZADD GT does)."""
+        for index, (ts, item) in enumerate(recent):
+            if item == visit.item_id:
+                if ts >= visit.ts_ms:
+                    return recent
+                del recent[index]
+                break
+        recent.append((float(visit.ts_ms), visit.item_id))
+        recent.sort(reverse=True)
+        del recent[self.history_size :]
+        return recent
 
     def neighbours(
         self, store: Store, item_id: str, k: int, now_s: float

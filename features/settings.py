@@ -29,7 +29,7 @@ class FeatureSettings(BaseModel):
     # Half-life of co-visitation pair counts, in seconds.
     covisitation_half_life_s: float = Field(7 * 86400.0, gt=0)
     # How many of a user's latest items pair with each new event.
-    covisitation_window: int = Field(5, ge=1, le=100)
+    covisitation_window: int = Field(3, ge=1, le=100)
     # Items touched more than this many seconds before an event do not pair with it.
     covisitation_max_gap_s: float = Field(3600.0, gt=0)
     # Most neighbours kept per item.

@@ -60,9 +60,10 @@ class InMemoryStore:
 
     def _apply(self, op: Op) -> None:
         match op:
-            case ZIncrBy(key, member, amount):
+            case ZIncrBy(key, amounts):
                 target = self._writable_zset(key)
-                target[member] = target.get(member, 0.0) + amount
+                for member, amount in amounts.items():
+                    target[member] = target.get(member, 0.0) + amount
             case ZAdd(key, scores, greater):
                 target = self._writable_zset(key)
                 for member, score in scores.items():

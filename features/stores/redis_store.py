@@ -12,19 +12,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from features.batch import (
-    Delete,
-    Expire,
-    HSet,
-    HSetNX,
-    SetBytes,
     WriteBatch,
-    ZAdd,
-    ZIncrBy,
-    ZKeepTop,
-    ZRem,
-    ZScale,
 )
 from features.errors import ConflictError, StoreUnavailableError
+from features.stores.redis_ops import APPLY_OPS_LUA, encode_ops
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -41,6 +32,7 @@ class RedisStore:
             socket_connect_timeout=socket_timeout_s,
             health_check_interval=30,
         )
+        self._apply_ops = self._client.register_script(APPLY_OPS_LUA)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -50,7 +42,7 @@ class RedisStore:
             raise StoreUnavailableError(reason) from None
 
     def commit(self, batch: WriteBatch) -> None:
-        """Apply the batch in one MULTI/EXEC transaction."""
+        """Apply the batch atomically: one script call, inside MULTI/EXEC when guarded."""
         if not batch:
             return
         self._call("commit", lambda: self._commit(batch))
@@ -66,8 +58,9 @@ class RedisStore:
                     if (None if current is None else current.decode()) != expected:
                         raise ConflictError(f"{key}.{field} changed since it was read")
                 pipe.multi()
-            for op in batch:
-                _queue(pipe, op)
+            keys, args = encode_ops(batch)
+            if args:
+                self._apply_ops(keys=keys, args=args, client=pipe)
             try:
                 pipe.execute()
             except WatchError:
@@ -164,34 +157,6 @@ class RedisStore:
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
-
-
-def _queue(pipe: Any, op: object) -> None:
-    match op:
-        case ZIncrBy(key, member, amount):
-            pipe.zincrby(key, amount, member)
-        case ZAdd(key, scores, greater):
-            pipe.zadd(key, dict(scores), gt=greater)
-        case ZRem(key, members):
-            pipe.zrem(key, *members)
-        case ZKeepTop(key, keep):
-            # Ranks ascend by score, so the lowest len-keep members go.
-            pipe.zremrangebyrank(key, 0, -(keep + 1))
-        case ZScale(key, factor):
-            pipe.zunionstore(key, {key: factor})
-        case HSet(key, fields):
-            pipe.hset(key, mapping=dict(fields))
-        case HSetNX(key, fields):
-            for field, value in fields.items():
-                pipe.hsetnx(key, field, value)
-        case SetBytes(key, value):
-            pipe.set(key, value)
-        case Expire(key, seconds):
-            pipe.expire(key, seconds)
-        case Delete(key):
-            pipe.delete(key)
-        case _:
-            raise TypeError(f"unknown store op {op!r}")
 
 
 def _glob_escape(text: str) -> str:
