@@ -23,6 +23,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 topics_app = typer.Typer(help="Manage Kafka topics.", no_args_is_help=True)
 services_app = typer.Typer(help="Run a local Kafka broker and Redis server.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models from recorded logs.", no_args_is_help=True)
 bench_app = typer.Typer(
     help="Benchmarks; the last stdout line is one JSON object.", no_args_is_help=True
 )
@@ -30,6 +31,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(topics_app, name="topics")
 app.add_typer(services_app, name="services")
 app.add_typer(bench_app, name="bench")
+app.add_typer(train_app, name="train")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (or STREAMREC_CONFIG_FILE).")
@@ -232,6 +234,49 @@ def bench_ann(
     _setup(None)
     figures = run_ann_bench(n=n, dim=dim, queries=queries, seed=seed)
     typer.echo(orjson.dumps(figures).decode())
+
+
+@train_app.command("embeddings")
+def train_embeddings(
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL interaction log.")],
+    items: Annotated[
+        Path | None, typer.Option(help="JSONL items log, to publish whole records.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the upserts here as JSONL (default: stdout).")
+    ] = None,
+    publish: Annotated[bool, typer.Option(help="Send the upserts to the items topic.")] = False,
+    window: Annotated[int, typer.Option(min=1, help="Co-occurrence window.")] = 5,
+    min_count: Annotated[int, typer.Option(min=1, help="Least interactions per item.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the SVD.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Learn collaborative item embeddings (PPMI + truncated SVD) from an interaction log."""
+    from streamrec.train import embedding_upserts
+    from streamrec.wiring import validator
+    from streams.schema import encode
+
+    settings = _setup(config)
+    for path in (input, items):
+        if path is not None and not path.is_file():
+            console.print(f"[red]no such file:[/red] {path}")
+            raise typer.Exit(2)
+    upserts, report = embedding_upserts(
+        input, validator(settings), items_log=items, window=window, min_count=min_count, seed=seed
+    )
+    if publish:
+        from streams.producer import EventProducer
+
+        with EventProducer(settings.kafka_bootstrap, settings.topics, settings.kafka_config) as p:
+            for upsert in upserts:
+                p.send(upsert)
+        report["published"] = len(upserts)
+    elif output is not None:
+        with output.open("wb") as out:
+            out.writelines(encode(u) + b"\n" for u in upserts)
+    else:
+        sys.stdout.buffer.writelines(encode(u) + b"\n" for u in upserts)
+    console.print(json.dumps(report))
 
 
 def main() -> None:
