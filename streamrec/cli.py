@@ -236,6 +236,19 @@ def bench_ann(
     typer.echo(orjson.dumps(figures).decode())
 
 
+@bench_app.command("memory")
+def bench_memory(
+    config: ConfigOption = None,
+    events: Annotated[int, typer.Option(min=1000, help="Simulated events to apply.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 1,
+) -> None:
+    """Redis bytes per item and per active user; the seen-set against a Bloom filter."""
+    from streamrec.bench.memory import run_memory_bench
+
+    figures = run_memory_bench(_setup(config), events=events, seed=seed)
+    typer.echo(orjson.dumps(figures).decode())
+
+
 @train_app.command("embeddings")
 def train_embeddings(
     input: Annotated[Path, typer.Option("--input", "-i", help="JSONL interaction log.")],
