@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -139,35 +140,55 @@ class Worker:
     def _apply(self, messages: list[RawMessage], stop: threading.Event | None) -> int:
         started = time.perf_counter()
         topics = sorted({m.topic for m in messages})
-        checkpoint = self._with_store(lambda: self._read_checkpoint(topics), stop)
-        applied_offsets, watermarks = checkpoint
-        events = EventBatch()
         last: dict[TopicPartition, int] = {}
-        now_ms = int(self.clock() * 1000)
         for msg in messages:
             tp = (msg.topic, msg.partition)
             last[tp] = max(msg.offset, last.get(tp, -1))
-            if msg.offset <= applied_offsets.get(tp, -1):
-                self.stats.skipped_duplicates += 1
-                continue
-            self._decode_into(events, msg, now_ms, watermarks)
-        self.dead_letter.flush()
+        rejected: set[tuple[TopicPartition, int]] = set()
         while True:
+            applied_offsets, watermarks = self._with_store(
+                lambda: self._read_checkpoint(topics), stop
+            )
+            events = self._fresh_events(messages, applied_offsets, watermarks, rejected)
+            self.dead_letter.flush()
             try:
-                self._with_store(
-                    lambda: self._compute_and_commit(events, last, applied_offsets, watermarks),
-                    stop,
+                commit = partial(
+                    self._compute_and_commit, events, last, applied_offsets, watermarks
                 )
+                self._with_store(commit, stop)
                 break
             except ConflictError as exc:
-                # Another worker moved a shared landmark: recompute against the new state.
+                # A shared landmark moved, or the offsets moved (another worker took over the
+                # partition, or a commit whose reply was lost did land): start again from the
+                # stored checkpoint, so nothing is applied twice.
                 self.stats.conflicts += 1
-                log.info("batch conflicted (%s); recomputing", exc)
+                log.info("batch conflicted (%s); recomputing from the stored checkpoint", exc)
         self.source.commit({tp: offset + 1 for tp, offset in last.items()})
         self.stats.applied += len(events)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
         return len(events)
+
+    def _fresh_events(
+        self,
+        messages: list[RawMessage],
+        applied_offsets: dict[TopicPartition, int],
+        watermarks: dict[TopicPartition, int],
+        rejected: set[tuple[TopicPartition, int]],
+    ) -> EventBatch:
+        """Decode the messages the store has not applied; reject each bad one only once."""
+        events = EventBatch()
+        now_ms = int(self.clock() * 1000)
+        for msg in messages:
+            tp = (msg.topic, msg.partition)
+            if msg.offset <= applied_offsets.get(tp, -1):
+                self.stats.skipped_duplicates += 1
+                continue
+            if (tp, msg.offset) in rejected:
+                continue
+            if not self._decode_into(events, msg, now_ms, watermarks):
+                rejected.add((tp, msg.offset))
+        return events
 
     def _compute_and_commit(
         self,
@@ -181,10 +202,15 @@ class Worker:
         for processor in self.processors:
             processor.apply(events, reads, batch)
         for (topic, partition), offset in last.items():
+            key, field = self.keys.applied_offsets(topic), str(partition)
+            stored = applied.get((topic, partition))
+            # The offsets must still be what this batch was filtered against: that makes the
+            # commit idempotent (a retry after a lost reply conflicts instead of re-applying).
+            batch.guard(key, field, None if stored is None else str(stored))
             # Never below the stored offset: a replayed batch of pure duplicates must not move
             # the table back, or the messages after it would be applied a second time.
-            high = max(offset, applied.get((topic, partition), -1))
-            batch.hset(self.keys.applied_offsets(topic), {str(partition): str(high)})
+            high = max(offset, -1 if stored is None else stored)
+            batch.hset(key, {field: str(high)})
             if (topic, partition) in watermarks:
                 mark = str(watermarks[(topic, partition)])
                 batch.hset(self.keys.watermarks(topic), {str(partition): mark})
@@ -196,16 +222,17 @@ class Worker:
         msg: RawMessage,
         now_ms: int,
         watermarks: dict[TopicPartition, int],
-    ) -> None:
+    ) -> bool:
+        """Append the message's event to ``events``; False if it was rejected instead."""
         kind = self._kinds.get(msg.topic)
         if kind is None:
             self._reject(msg, f"no processor for topic {msg.topic!r}")
-            return
+            return False
         try:
             event = self.validator.decode(kind, msg.value, now_ms=now_ms)
         except InvalidEventError as exc:
             self._reject(msg, str(exc))
-            return
+            return False
         if kind is Interaction:
             tp = (msg.topic, msg.partition)
             mark = watermarks.get(tp)
@@ -216,11 +243,12 @@ class Worker:
                     f"ts {event.ts} is {mark - event.ts} ms behind the partition's event time"
                     f" (allowed lateness {lateness} ms) - at `$.ts`",
                 )
-                return
+                return False
             watermarks[tp] = event.ts if mark is None else max(mark, event.ts)
             events.interactions.append(event)
         else:
             events.items.append(event)
+        return True
 
     def _reject(self, msg: RawMessage, reason: str) -> None:
         self.dead_letter.reject(msg, reason)

@@ -10,7 +10,6 @@ applied atomically, in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -20,8 +19,8 @@ from features.batch import (
     Expire,
     HSet,
     HSetNX,
-    Op,
     SetBytes,
+    WriteBatch,
     ZAdd,
     ZIncrBy,
     ZKeepTop,
@@ -29,11 +28,22 @@ from features.batch import (
     ZScale,
 )
 
-#: The interpreter. The ops arrive as one msgpack array (decoded by Redis's built-in cmsgpack)
-#: of ``[code, key index (1-based, into KEYS), payload]`` in ARGV[1]. cmsgpack has no binary
+#: Prefix of the error the script returns when a guard fails (and nothing was written).
+CONFLICT = "CONFLICT"
+
+#: The interpreter. ARGV[1] holds two msgpack arrays (decoded by Redis's built-in cmsgpack):
+#: the guards ``[key index, field, expected or nil]``, checked before anything is written,
+#: then the ops ``[code, key index (1-based, into KEYS), payload]``. cmsgpack has no binary
 #: type, so byte values ride as further ARGV entries and a SET's payload is their index.
 APPLY_OPS_LUA = """
-local ops = cmsgpack.unpack(ARGV[1])
+local guards, ops = cmsgpack.unpack(ARGV[1])
+for _, guard in ipairs(guards) do
+  local current = redis.call('HGET', KEYS[guard[1]], guard[2])
+  if current == false then current = nil end
+  if current ~= guard[3] then
+    return redis.error_reply('CONFLICT ' .. KEYS[guard[1]] .. '.' .. guard[2] .. ' changed')
+  end
+end
 for _, op in ipairs(ops) do
   local code, key, payload = op[1], KEYS[op[2]], op[3]
   if code == 'I' then
@@ -92,8 +102,8 @@ return out
 """
 
 
-def encode_ops(ops: Iterable[Op]) -> tuple[list[str], list[bytes]]:
-    """KEYS and ARGV for :data:`APPLY_OPS_LUA`: the msgpack-encoded ops, then byte values.
+def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
+    """KEYS and ARGV for :data:`APPLY_OPS_LUA`: guards and ops as msgpack, then byte values.
 
     Scores travel as msgpack doubles, and Redis turns a Lua number back into the shortest
     string that reads as the same double, so Redis applies exactly the numbers the in-memory
@@ -105,9 +115,13 @@ def encode_ops(ops: Iterable[Op]) -> tuple[list[str], list[bytes]]:
         >>> b = WriteBatch()
         >>> b.zincrby("k", "a", 1.5); b.expire("k", 60)
         >>> b.set_bytes("v", b"\\x00")
+        >>> b.guard("g", "f", None)
         >>> keys, argv = encode_ops(b)
-        >>> keys, msgspec.msgpack.decode(argv[0]), argv[1:]
-        (['k', 'v'], [['I', 1, ['a', 1.5]], ['E', 1, 60], ['V', 2, 2]], [b'\\x00'])
+        >>> keys, argv[1:]
+        (['g', 'k', 'v'], [b'\\x00'])
+        >>> guards = msgspec.msgpack.encode([[1, "f", None]])
+        >>> argv[0].startswith(guards)
+        True
     """
     keys: list[str] = []
     index: dict[str, int] = {}
@@ -121,7 +135,8 @@ def encode_ops(ops: Iterable[Op]) -> tuple[list[str], list[bytes]]:
             slot = index[key] = len(keys)
         return slot
 
-    for op in ops:
+    guards = [[key_of(key), field, expected] for (key, field), expected in batch.guards.items()]
+    for op in batch:
         match op:
             case ZIncrBy(key, amounts):
                 out.append(["I", key_of(key), [x for pair in amounts.items() for x in pair]])
@@ -146,7 +161,8 @@ def encode_ops(ops: Iterable[Op]) -> tuple[list[str], list[bytes]]:
                 out.append(["D", key_of(key), None])
             case _:
                 raise TypeError(f"unknown store op {op!r}")
-    return keys, [_MSGPACK.encode(out), *binaries]
+    # Two msgpack objects back to back: cmsgpack.unpack returns them as two values.
+    return keys, [_MSGPACK.encode(guards) + _MSGPACK.encode(out), *binaries]
 
 
 _MSGPACK = msgspec.msgpack.Encoder()

@@ -8,14 +8,20 @@ from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from features.batch import (
     WriteBatch,
 )
 from features.errors import ConflictError, StoreUnavailableError
-from features.stores.redis_ops import APPLY_OPS_LUA, HGET_MANY_LUA, TOP_MANY_LUA, encode_ops
+from features.stores.redis_ops import (
+    APPLY_OPS_LUA,
+    CONFLICT,
+    HGET_MANY_LUA,
+    TOP_MANY_LUA,
+    encode_ops,
+)
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -45,29 +51,16 @@ class RedisStore:
             raise StoreUnavailableError(reason) from None
 
     def commit(self, batch: WriteBatch) -> None:
-        """Apply the batch atomically: one script call, inside MULTI/EXEC when guarded."""
+        """Apply the batch atomically as one script call; its guards are checked inside it."""
         if not batch:
             return
-        self._call("commit", lambda: self._commit(batch))
-
-    def _commit(self, batch: WriteBatch) -> None:
-        pipe: Any
-        with self._client.pipeline(transaction=True) as pipe:
-            if batch.guards:
-                # Optimistic concurrency: WATCH the guarded hashes, check them, then MULTI.
-                pipe.watch(*{key for key, _ in batch.guards})
-                for (key, field), expected in batch.guards.items():
-                    current = pipe.hget(key, field)
-                    if (None if current is None else current.decode()) != expected:
-                        raise ConflictError(f"{key}.{field} changed since it was read")
-                pipe.multi()
-            keys, argv = encode_ops(batch)
-            if keys:
-                self._apply_ops(keys=keys, args=argv, client=pipe)
-            try:
-                pipe.execute()
-            except WatchError:
-                raise ConflictError("a guarded key changed during the commit") from None
+        keys, argv = encode_ops(batch)
+        try:
+            self._call("commit", lambda: self._apply_ops(keys=keys, args=argv))
+        except ResponseError as exc:
+            if str(exc).startswith(CONFLICT):
+                raise ConflictError(str(exc)) from None
+            raise
 
     def top(self, key: str, k: int) -> list[tuple[str, float]]:
         """ZREVRANGE … WITHSCORES."""

@@ -249,3 +249,25 @@ def test_session_and_user_embeddings_follow_what_the_user_engages_with() -> None
     # The long-term embedding keeps all of it.
     user = EmbeddingState.from_bytes(store.get_bytes([KEYS.user_embedding("u1")])[0], dim)  # type: ignore[arg-type]
     assert user.count == 5
+
+
+class LostReplyStore(InMemoryStore):
+    """Applies the first commit, then reports it as failed, as a timeout after EXEC would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    def commit(self, batch: WriteBatch) -> None:
+        super().commit(batch)
+        if not self.lost and any(True for _ in batch):
+            self.lost = True
+            raise StoreUnavailableError("reply lost (test)")
+
+
+def test_a_retried_commit_whose_first_attempt_landed_applies_nothing_twice() -> None:
+    store = LostReplyStore()
+    _, worker, _ = run_pipeline([click(1, item="a"), click(2, item="b")], store=store, now_ms=NOW)
+    assert store.lost
+    assert worker.stats.conflicts == 1
+    assert sorted(store.top(KEYS.popularity_all_time(), 10)) == [("a", 2.0), ("b", 2.0)]
