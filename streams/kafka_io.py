@@ -106,6 +106,35 @@ def _as_bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
+def consume_batch(
+    consumer: Consumer, connection: ConnectionLog, max_messages: int, timeout_s: float
+) -> list[RawMessage]:
+    """One ``consume`` call as RawMessages; transport errors are logged, never raised."""
+    out: list[RawMessage] = []
+    for msg in consumer.consume(num_messages=max_messages, timeout=timeout_s):
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("%s: consume error: %s", connection.what, err.str())
+            continue
+        raw_headers = msg.headers() or []
+        headers = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+        out.append(
+            RawMessage(
+                msg.topic() or "",
+                msg.partition() or 0,
+                msg.offset() or 0,
+                _as_bytes(msg.key()),
+                _as_bytes(msg.value()),
+                msg.timestamp()[1],
+                {name: _as_bytes(value) or b"" for name, value in headers},
+            )
+        )
+    if out:
+        connection.mark_up()
+    return out
+
+
 class KafkaSource:
     """A :class:`streams.transport.MessageSource` on a confluent-kafka consumer.
 
@@ -157,29 +186,7 @@ class KafkaSource:
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
         """One ``consume`` call; transport errors are logged, never raised."""
-        out: list[RawMessage] = []
-        for msg in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", err.str())
-                continue
-            raw_headers = msg.headers() or []
-            headers = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-            out.append(
-                RawMessage(
-                    msg.topic() or "",
-                    msg.partition() or 0,
-                    msg.offset() or 0,
-                    _as_bytes(msg.key()),
-                    _as_bytes(msg.value()),
-                    msg.timestamp()[1],
-                    {name: _as_bytes(value) or b"" for name, value in headers},
-                )
-            )
-        if out:
-            self.connection.mark_up()
-        return out
+        return consume_batch(self._consumer, self.connection, max_messages, timeout_s)
 
     def commit(self, next_offsets: Mapping[TP, int]) -> None:
         """Synchronously commit the given next offsets."""
@@ -350,25 +357,7 @@ class KafkaTailSource:
         if not self._assigned and not self._assign():
             time.sleep(timeout_s)
             return []
-        out: list[RawMessage] = []
-        for msg in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
-            err = msg.error()
-            if err is None:
-                out.append(
-                    RawMessage(
-                        msg.topic() or "",
-                        msg.partition() or 0,
-                        msg.offset() or 0,
-                        _as_bytes(msg.key()),
-                        _as_bytes(msg.value()),
-                        msg.timestamp()[1],
-                    )
-                )
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("replica consume error: %s", err.str())
-        if out:
-            self.connection.mark_up()
-        return out
+        return consume_batch(self._consumer, self.connection, max_messages, timeout_s)
 
     def commit(self, next_offsets: Mapping[TP, int]) -> None:
         """Positions live in the replica's snapshots, not in Kafka."""
