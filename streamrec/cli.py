@@ -236,6 +236,24 @@ def bench_ann(
     typer.echo(orjson.dumps(figures).decode())
 
 
+@bench_app.command("freshness")
+def bench_freshness(
+    config: ConfigOption = None,
+    rate: Annotated[float, typer.Option(min=1, help="Background events per second.")] = 5000.0,
+    seconds: Annotated[float, typer.Option(min=1, help="Seconds of load per phase.")] = 20.0,
+    probes: Annotated[int, typer.Option(min=10, help="Timed interactions.")] = 200,
+    new_items: Annotated[int, typer.Option(min=10, help="Timed new items.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 0,
+) -> None:
+    """Event -> visible in trending and the session embedding; new item -> retrievable."""
+    from streamrec.bench.freshness import run_freshness_bench
+
+    figures = run_freshness_bench(
+        _setup(config), rate=rate, seconds=seconds, probes=probes, new_items=new_items, seed=seed
+    )
+    typer.echo(orjson.dumps(figures).decode())
+
+
 @bench_app.command("memory")
 def bench_memory(
     config: ConfigOption = None,

@@ -35,6 +35,7 @@ class DeadLetterPolicy:
         self.sink = sink
         self.topic = topic
         self.counts: Counter[str] = Counter()
+        self._unflushed = 0
 
     def reject(self, msg: RawMessage, reason: str) -> None:
         """Log and dead-letter one message; never raises for a bad message."""
@@ -46,6 +47,7 @@ class DeadLetterPolicy:
             reason,
         )
         self.counts[msg.topic] += 1
+        self._unflushed += 1
         self.sink.send_raw(
             self.topic,
             msg.key,
@@ -66,4 +68,8 @@ class DeadLetterPolicy:
 
     def flush(self) -> int:
         """Make sure every rejected message reached the dead-letter topic."""
-        return self.sink.flush()
+        if not self._unflushed:
+            return 0
+        remaining = self.sink.flush()
+        self._unflushed = remaining
+        return remaining

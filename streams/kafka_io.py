@@ -189,12 +189,14 @@ class KafkaSource:
         return consume_batch(self._consumer, self.connection, max_messages, timeout_s)
 
     def commit(self, next_offsets: Mapping[TP, int]) -> None:
-        """Synchronously commit the given next offsets."""
+        """Commit the given next offsets (asynchronously)."""
         if not next_offsets:
             return
         parts = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         try:
-            self._consumer.commit(offsets=parts, asynchronous=False)
+            # Asynchronous: the store's offset table, not Kafka's, decides what is applied,
+            # so a commit still in flight at a crash only means a longer replay to skip.
+            self._consumer.commit(offsets=parts, asynchronous=True)
         except KafkaException as exc:
             # A lost commit only means replaying events the store's offset table will skip.
             log.warning("offset commit failed (will be retried with the next batch): %s", exc)
@@ -373,7 +375,11 @@ class KafkaTailSource:
         lag: dict[TP, int] = {}
         for part in self._consumer.position(self._consumer.assignment()):
             try:
-                low, high = self._consumer.get_watermark_offsets(part, timeout=2.0)
+                # The fetcher keeps the high watermarks cached; asking the broker (one round
+                # trip per partition) would stall the replica's apply loop.
+                low, high = self._consumer.get_watermark_offsets(part, cached=True)
+                if high < 0:  # nothing fetched yet for this partition: ask once
+                    low, high = self._consumer.get_watermark_offsets(part, timeout=2.0)
             except KafkaException:
                 return self._lag
             position = part.offset if part.offset >= 0 else low

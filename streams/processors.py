@@ -19,7 +19,13 @@ import numpy as np
 from features.batch import WriteBatch
 from features.catalog import Catalog
 from features.covisitation import Covisitation, Visit
-from features.embeddings import EMBEDDING_EVENT_WEIGHTS, EmbeddingState, Vector, update_many
+from features.embeddings import (
+    EMBEDDING_EVENT_WEIGHTS,
+    EmbeddingState,
+    Vector,
+    update,
+    update_many,
+)
 from features.keys import Keys
 from features.seen import NEGATIVE_TYPES, SeenSet
 from features.settings import FeatureSettings
@@ -245,9 +251,6 @@ class EmbeddingProcessor:
         stored = reads.store.get_bytes(session_keys + user_keys)
         for n, user in enumerate(users):
             evs = per_user[user]
-            matrix = np.stack([vectors[e.item_id] for e in evs])
-            weights = np.array([self.weights[e.type] for e in evs], dtype=np.float64)
-            ts = np.array([e.ts for e in evs], dtype=np.int64)
             for key, raw, half_life, gap, ttl in (
                 (
                     session_keys[n],
@@ -265,12 +268,39 @@ class EmbeddingProcessor:
                 ),
             ):
                 state = EmbeddingState.from_bytes(raw, self.dim) if raw is not None else None
-                updated = update_many(
-                    state, matrix, weights, ts, half_life_s=half_life, session_gap_s=gap
-                )
+                updated = self._fold(state, evs, vectors, half_life, gap)
                 if updated is not None and updated is not state:
                     batch.set_bytes(key, updated.to_bytes())
                     batch.expire(key, ttl)
+
+    def _fold(
+        self,
+        state: EmbeddingState | None,
+        evs: list[Interaction],
+        vectors: dict[str, Vector],
+        half_life_s: float,
+        gap_s: float | None,
+    ) -> EmbeddingState | None:
+        # Most users have one event in a batch: the scalar update is several times cheaper
+        # than setting up the vectorised one.
+        if len(evs) == 1:
+            e = evs[0]
+            return update(
+                state,
+                vectors[e.item_id],
+                self.weights[e.type],
+                e.ts,
+                half_life_s=half_life_s,
+                session_gap_s=gap_s,
+            )
+        return update_many(
+            state,
+            np.stack([vectors[e.item_id] for e in evs]),
+            np.array([self.weights[e.type] for e in evs], dtype=np.float64),
+            np.array([e.ts for e in evs], dtype=np.int64),
+            half_life_s=half_life_s,
+            session_gap_s=gap_s,
+        )
 
 
 def default_processors(keys: Keys, settings: FeatureSettings) -> Sequence[Processor]:

@@ -29,8 +29,9 @@ class WorkerSettings(BaseModel):
     group_id: str = Field("streamrec-worker", min_length=1)
     # Most messages taken from the consumer in one batch.
     batch_size: int = Field(5000, ge=1, le=1_000_000)
-    # Longest wait for a batch to fill, in milliseconds.
-    batch_timeout_ms: int = Field(50, ge=1, le=60_000)
+    # Longest wait for a batch to fill, in milliseconds. Short keeps events fresh when the
+    # worker is caught up; when it is behind, batches fill up at once anyway.
+    batch_timeout_ms: int = Field(5, ge=1, le=60_000)
     # Largest accepted message, in bytes; larger ones go to the dead-letter topic.
     max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     # How far in the future an event time may be, in milliseconds, before it is rejected.
