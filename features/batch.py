@@ -65,10 +65,11 @@ class HSetNX:
 
 @dataclass(frozen=True, slots=True)
 class SetBytes:
-    """Set a plain value."""
+    """Set a plain value, with a time to live in seconds when ``ttl_s`` is given."""
 
     key: str
     value: bytes
+    ttl_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +162,9 @@ class WriteBatch:
         if fields:
             self._append(HSetNX(key, dict(fields)))
 
-    def set_bytes(self, key: str, value: bytes) -> None:
-        """Set a plain value."""
-        self._append(SetBytes(key, value))
+    def set_bytes(self, key: str, value: bytes, *, ttl_s: int | None = None) -> None:
+        """Set a plain value (SET, or SET … EX when ``ttl_s`` is given)."""
+        self._append(SetBytes(key, value, ttl_s))
 
     def expire(self, key: str, seconds: int) -> None:
         """Give a key a time to live."""

@@ -270,8 +270,7 @@ class EmbeddingProcessor:
                 state = EmbeddingState.from_bytes(raw, self.dim) if raw is not None else None
                 updated = self._fold(state, evs, vectors, half_life, gap)
                 if updated is not None and updated is not state:
-                    batch.set_bytes(key, updated.to_bytes())
-                    batch.expire(key, ttl)
+                    batch.set_bytes(key, updated.to_bytes(), ttl_s=ttl)
 
     def _fold(
         self,

@@ -92,9 +92,11 @@ class InMemoryStore:
                 record = self._hashes.setdefault(key, {})
                 for field, value in fields.items():
                     record.setdefault(field, value)
-            case SetBytes(key, value):
+            case SetBytes(key, value, ttl_s):
                 self._delete(key)
                 self._values[key] = value
+                if ttl_s is not None:
+                    self._expiry[key] = self._clock() + ttl_s
             case Expire(key, seconds):
                 if self._exists(key):
                     self._expiry[key] = self._clock() + seconds

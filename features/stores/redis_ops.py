@@ -72,7 +72,11 @@ for _, op in ipairs(ops) do
       redis.call(command, key, payload[j], payload[j + 1])
     end
   elseif code == 'V' then
-    redis.call('SET', key, ARGV[payload])
+    if payload[2] then
+      redis.call('SET', key, ARGV[payload[1]], 'EX', payload[2])
+    else
+      redis.call('SET', key, ARGV[payload[1]])
+    end
   elseif code == 'E' then
     redis.call('EXPIRE', key, payload)
   elseif code == 'D' then
@@ -152,9 +156,9 @@ def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
             case HSet(key, fields) | HSetNX(key, fields):
                 flat = [x for pair in fields.items() for x in pair]
                 out.append(["H" if isinstance(op, HSet) else "N", key_of(key), flat])
-            case SetBytes(key, value):
+            case SetBytes(key, value, ttl_s):
                 binaries.append(value)
-                out.append(["V", key_of(key), len(binaries) + 1])
+                out.append(["V", key_of(key), [len(binaries) + 1, ttl_s]])
             case Expire(key, seconds):
                 out.append(["E", key_of(key), seconds])
             case Delete(key):

@@ -158,3 +158,12 @@ def test_top_many_and_dump(store: Store, keys: Keys) -> None:
         keys.item_embedding("x"): b"\x01\x02",
         keys.item("x"): {"category": "c"},
     }
+
+
+def test_set_bytes_with_a_ttl(store: Store, keys: Keys) -> None:
+    k = keys.session_embedding("u")
+    commit(store, lambda b: b.set_bytes(k, b"\x01", ttl_s=100))
+    assert store.get_bytes([k]) == [b"\x01"]
+    assert 99 <= (store.ttl(k) or 0) <= 100
+    commit(store, lambda b: b.set_bytes(k, b"\x02"))  # a plain SET clears the TTL
+    assert store.ttl(k) is None
