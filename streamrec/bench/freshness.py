@@ -63,7 +63,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from features.keys import Keys
-from streamrec.bench.ingest import _cleanup, _isolated
+from streamrec.bench.isolation import cleanup, isolated_settings
 from streamrec.bench.latency import latency_figures, schedule
 from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
@@ -402,7 +402,7 @@ def _run_phase(
     worker_process: bool,
 ) -> dict[str, Any]:
     """One isolated run; figures without a prefix."""
-    run = _isolated(settings, uuid.uuid4().hex[:8])
+    run = isolated_settings(settings, uuid.uuid4().hex[:8])
     began = time.perf_counter()
     create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
     catalog, users = work.catalog, work.users
@@ -510,7 +510,7 @@ def _run_phase(
         replica.stop()
         sender.close()
         cleaning = time.perf_counter()
-        _cleanup(run)
+        cleanup(run)
         log.info(
             "freshness %s: stopped in %.1f s, cleaned up in %.1f s",
             run.namespace,

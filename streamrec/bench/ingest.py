@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient
 
 from features.stores.redis_store import RedisStore
+from streamrec.bench.isolation import cleanup, isolated_settings
 from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
 from streamrec.settings import Settings
@@ -29,21 +29,6 @@ from streams.producer import EventProducer
 from streams.simulator import SimulatorConfig, StreamSimulator
 
 log = logging.getLogger(__name__)
-
-
-def _isolated(settings: Settings, run_id: str) -> Settings:
-    """Settings whose topics, keys and groups belong to this run only."""
-    prefix = f"bench-{run_id}"
-    topics = settings.topics.model_copy(
-        update={
-            "interactions": f"{prefix}.interactions",
-            "items": f"{prefix}.items",
-            "impressions": f"{prefix}.impressions",
-            "dead_letter": f"{prefix}.dead-letter",
-        }
-    )
-    worker = settings.worker.model_copy(update={"group_id": f"{prefix}-worker"})
-    return settings.model_copy(update={"topics": topics, "worker": worker, "namespace": prefix})
 
 
 def _produce(settings: Settings, events: int, seed: int) -> tuple[int, float]:
@@ -132,30 +117,12 @@ def _faust_consume(settings: Settings, total: int) -> tuple[float, int]:
     return float(figures["seconds"]), int(figures["applied"])
 
 
-def _cleanup(settings: Settings) -> None:
-    admin = AdminClient(client_config(settings.kafka_bootstrap, settings.kafka_config))
-    names = [
-        settings.topics.interactions,
-        settings.topics.items,
-        settings.topics.impressions,
-        settings.topics.dead_letter,
-    ]
-    for future in admin.delete_topics(names, operation_timeout=30).values():
-        try:
-            future.result()
-        except Exception as exc:  # noqa: BLE001 - cleanup is best effort
-            log.warning("could not delete a bench topic: %s", exc)
-    store = RedisStore(settings.redis_url)
-    store.flush_namespace("{" + settings.namespace + "}:*")
-    store.close()
-
-
 def run_ingest_bench(
     settings: Settings, *, events: int, seed: int, with_faust: bool = False
 ) -> dict[str, Any]:
     """Produce ``events`` simulated events, then time the bare loop and the worker on them."""
     ensure_services(settings)
-    run = _isolated(settings, uuid.uuid4().hex[:8])
+    run = isolated_settings(settings, uuid.uuid4().hex[:8])
     create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
     try:
         sent, produce_s = _produce(run, events, seed)
@@ -163,7 +130,7 @@ def run_ingest_bench(
         worker_s, stats = _worker_consume(run, sent)
         faust = _faust_consume(run, sent) if with_faust else None
     finally:
-        _cleanup(run)
+        cleanup(run)
     figures: dict[str, Any] = {
         "bench": "ingest",
         "events": sent,
