@@ -53,16 +53,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-import msgspec
 import numpy as np
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from features.keys import Keys
+from streamrec.bench.freshness_parts import (
+    BareTail,
+    Load,
+    Probes,
+    Watcher,
+    probe_item,
+)
 from streamrec.bench.isolation import cleanup, isolated_settings
 from streamrec.bench.latency import latency_figures, schedule
 from streamrec.bench.report import print_table
@@ -71,158 +75,16 @@ from streamrec.settings import Settings
 from streamrec.wiring import index_replica, kafka_worker
 from streams.kafka_io import KafkaTailSource, client_config, create_topics
 from streams.producer import EventProducer
-from streams.replica import IndexReplica
 from streams.schema import Interaction, Item
 from streams.simulator import SimulatorConfig, StreamSimulator
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two polls of the watcher (and between two pacing ticks of the load).
-POLL_S = 0.001
-TICK_S = 0.005
 #: Longest wait for the catalog to be applied, and for the last probes after the load.
 SETUP_TIMEOUT_S = 90.0
 DRAIN_TIMEOUT_S = 15.0
 #: Default batch timeout of the comparison phase (milliseconds).
-ALT_BATCH_TIMEOUT_MS = 5
-
-
-@dataclass
-class _Probes:
-    """Send and detection times (``perf_counter`` seconds), shared by the threads."""
-
-    sent: dict[str, float] = field(default_factory=dict)
-    visible: dict[str, float] = field(default_factory=dict)
-    in_kafka: dict[str, float] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def pending(self) -> list[str]:
-        with self.lock:
-            return [key for key in self.sent if key not in self.visible]
-
-    def latencies(self, seen: dict[str, float]) -> list[float]:
-        return [seen[k] - t for k, t in self.sent.items() if k in seen]
-
-    def figures(self, prefix: str, seen: dict[str, float]) -> dict[str, float | None]:
-        found = self.latencies(seen)
-        return latency_figures(prefix, found, missing=len(self.sent) - len(found))
-
-
-class _Watcher(threading.Thread):
-    """Polls Redis for the probes and the replica for the new items, every :data:`POLL_S`."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        probes: _Probes,
-        items: _Probes,
-        replica: IndexReplica,
-        backlog: Callable[[], int],
-    ) -> None:
-        super().__init__(name="freshness-watcher", daemon=True)
-        self.keys = Keys(settings.namespace)
-        self.trending_key = self.keys.trending(settings.features.half_lives_s[0])
-        self.client = redis.Redis.from_url(settings.redis_url)
-        self.probes, self.items, self.replica = probes, items, replica
-        self.backlog = backlog
-        self.backlog_samples: list[int] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        next_sample = time.perf_counter()
-        try:
-            while not self.stop.is_set():
-                self._poll_probes()
-                self._poll_items()
-                if time.perf_counter() >= next_sample:
-                    self.backlog_samples.append(self.backlog())
-                    next_sample += 0.1
-                time.sleep(POLL_S)
-        finally:
-            self.client.close()
-
-    def _poll_probes(self) -> None:
-        users = self.probes.pending()
-        if not users:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zmscore(self.trending_key, [_probe_item(u) for u in users])
-        for user in users:
-            pipe.exists(self.keys.session_embedding(user))
-        scores, *sessions = pipe.execute()
-        seen_at = time.perf_counter()
-        with self.probes.lock:
-            for user, score, session in zip(users, scores, sessions, strict=True):
-                if score is not None and session:
-                    self.probes.visible[user] = seen_at
-
-    def _poll_items(self) -> None:
-        for item_id in self.items.pending():
-            if item_id in self.replica.index:
-                with self.items.lock:
-                    self.items.visible[item_id] = time.perf_counter()
-
-
-class _BareTail(threading.Thread):
-    """The baseline: a plain consumer on every partition, noting when each probe arrives."""
-
-    def __init__(
-        self, settings: Settings, start: dict[tuple[str, int], int], probes: _Probes, items: _Probes
-    ) -> None:
-        super().__init__(name="freshness-bare-consumer", daemon=True)
-        self.consumer = Consumer(
-            client_config(settings.kafka_bootstrap, settings.kafka_config)
-            | {"group.id": f"{settings.worker.group_id}-bare", "enable.auto.commit": False}
-        )
-        self.consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
-        self.interactions = settings.topics.interactions
-        self.probes, self.items = probes, items
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                msg = self.consumer.poll(0.05)  # returns as soon as one message is there
-                if msg is None or msg.error() is not None:
-                    continue
-                key = msg.key()
-                if key is None or not key.startswith((b"probe-user-", b"fresh-item-")):
-                    continue
-                now = time.perf_counter()
-                target = self.probes if msg.topic() == self.interactions else self.items
-                target.in_kafka.setdefault(key.decode(), now)
-        finally:
-            self.consumer.close()
-
-
-class _Load(threading.Thread):
-    """Sends pre-generated simulator events at ``rate`` per second with event time = now."""
-
-    def __init__(self, settings: Settings, events: list[Interaction | Item], rate: float) -> None:
-        super().__init__(name="freshness-load", daemon=True)
-        self.producer = EventProducer(
-            settings.kafka_bootstrap, settings.topics, settings.kafka_config
-        )
-        self.events, self.rate = events, rate
-        self.sent = 0
-        self.elapsed_s = 0.0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        started = time.perf_counter()
-        try:
-            while not self.stop.is_set() and self.sent < len(self.events):
-                elapsed = time.perf_counter() - started
-                due = min(int(self.rate * elapsed), len(self.events))
-                now_ms = int(time.time() * 1000)
-                while self.sent < due:
-                    event = msgspec.structs.replace(self.events[self.sent], ts=now_ms)
-                    self.producer.send(event)
-                    self.sent += 1
-                time.sleep(max(0.0, started + elapsed + TICK_S - time.perf_counter()))
-            self.elapsed_s = time.perf_counter() - started
-        finally:
-            self.producer.close()
+ALT_BATCH_TIMEOUT_MS = 1
 
 
 class _WorkerRun:
@@ -332,17 +194,13 @@ def _worker_main() -> None:
         worker.store.close()
 
 
-def _probe_item(user: str) -> str:
-    return "probe-item-" + user.removeprefix("probe-user-")
-
-
 @dataclass(frozen=True)
 class _Workload:
     """What a phase sends, generated once so that both phases send the very same events."""
 
     catalog: list[Item]  # the simulator's catalog, then one item per probe
     load: list[Interaction | Item]  # event times are replaced by the send time
-    users: list[str]  # probe users; probe N clicks _probe_item(users[N])
+    users: list[str]  # probe users; probe N clicks probe_item(users[N])
     fresh: list[list[float]]  # embedding of new item N
 
     @classmethod
@@ -355,7 +213,7 @@ class _Workload:
         catalog = sim.initial_items(ts_ms=now_ms)
         users = [f"probe-user-{n}" for n in range(probes)]
         catalog += [
-            Item(item_id=_probe_item(u), ts=now_ms, embedding=_unit(rng, dim)) for u in users
+            Item(item_id=probe_item(u), ts=now_ms, embedding=_unit(rng, dim)) for u in users
         ]
         load = list(sim.events(math.ceil(rate * seconds), start_ms=now_ms))
         return cls(catalog, load, users, [_unit(rng, dim) for _ in range(new_items)])
@@ -407,7 +265,7 @@ def _run_phase(
     create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
     catalog, users = work.catalog, work.users
 
-    probe_times, item_times = _Probes(), _Probes()
+    probe_times, item_times = Probes(), Probes()
     worker = _WorkerRun(run, own_process=worker_process)
     replica = index_replica(
         run,
@@ -417,14 +275,14 @@ def _run_phase(
         snapshot_dir=None,
     )
     sender = EventProducer(run.kafka_bootstrap, run.topics, run.kafka_config)
-    load = _Load(run, work.load, rate)
+    load = Load(run, work.load, rate)
     sent_other = [len(catalog)]  # catalog, probes and new items sent by this thread
 
     def backlog() -> int:
         return sent_other[0] + load.sent - worker.applied
 
-    watcher = _Watcher(run, probe_times, item_times, replica, backlog)
-    bare: _BareTail | None = None
+    watcher = Watcher(run, probe_times, item_times, replica, backlog)
+    bare: BareTail | None = None
     try:
         worker.start()
         replica.start()
@@ -438,7 +296,7 @@ def _run_phase(
             "the replica to load the catalog",
         )
         topics = [run.topics.interactions, run.topics.items]
-        bare = _BareTail(run, _end_offsets(run, topics), probe_times, item_times)
+        bare = BareTail(run, _end_offsets(run, topics), probe_times, item_times)
         bare.start()
         watcher.start()
         log.info("freshness %s: set up in %.1f s", run.namespace, time.perf_counter() - began)
@@ -461,7 +319,7 @@ def _run_phase(
                 event: Interaction | Item = Interaction(
                     event_id=f"probe-{n}",
                     user_id=user,
-                    item_id=_probe_item(user),
+                    item_id=probe_item(user),
                     type="click",
                     ts=ts,
                 )
