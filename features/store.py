@@ -42,6 +42,10 @@ class Store(Protocol):
         """All fields of a hash (empty when absent)."""
         ...
 
+    def hgetall_many(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """:meth:`hgetall` of several hashes, in one round trip where the backend allows."""
+        ...
+
     def hget_many(self, keys: Sequence[str], field: str) -> list[str | None]:
         """One field of many hashes, None where absent."""
         ...

@@ -1,12 +1,15 @@
 """The worker runtime: poll a batch, decode, skip what is applied, apply, commit.
 
 Checkpoint order, fixed and documented:
-1. dead-letter the batch's rejects and flush them (a reject is never lost);
-2. commit state writes and each partition's last applied offset in one store transaction;
-3. commit the consumer offsets.
+1. read each partition's stored offset and watermark, and decode only what is past them;
+2. dead-letter the batch's rejects and flush them (a reject is never lost);
+3. commit the state writes with each partition's new offset and watermark in one atomic
+   store call, guarded by the offsets read in 1 (and the decay landmarks the processors used);
+4. commit the consumer offsets.
 
-A crash between 2 and 3 replays events the offset table then skips, so effects are exactly
-once although delivery is at least once.
+A crash between 3 and 4 replays events the offset table then skips; a retried commit whose
+first attempt landed fails its guard and the batch is re-filtered. Effects are exactly once
+although delivery is at least once.
 """
 
 from __future__ import annotations
@@ -258,12 +261,14 @@ class Worker:
         self, topics: list[str]
     ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
         """Last applied offset and event-time watermark of each partition, as stored."""
+        keys = [k for t in topics for k in (self.keys.applied_offsets(t), self.keys.watermarks(t))]
+        tables = self.store.hgetall_many(keys)
         offsets: dict[TopicPartition, int] = {}
         watermarks: dict[TopicPartition, int] = {}
-        for topic in topics:
-            for partition, offset in self.store.hgetall(self.keys.applied_offsets(topic)).items():
+        for n, topic in enumerate(topics):
+            for partition, offset in tables[2 * n].items():
                 offsets[(topic, int(partition))] = int(offset)
-            for partition, mark in self.store.hgetall(self.keys.watermarks(topic)).items():
+            for partition, mark in tables[2 * n + 1].items():
                 watermarks[(topic, int(partition))] = int(mark)
         return offsets, watermarks
 

@@ -157,6 +157,10 @@ class InMemoryStore:
             self._expire_if_due(key)
             return dict(self._hashes.get(key, {}))
 
+    def hgetall_many(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """Copies of several hashes."""
+        return [self.hgetall(key) for key in keys]
+
     def hget_many(self, keys: Sequence[str], field: str) -> list[str | None]:
         """One field of many hashes."""
         with self._lock:

@@ -100,6 +100,16 @@ class RedisStore:
         raw: dict[bytes, bytes] = self._call("hgetall", lambda: self._client.hgetall(key))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def hgetall_many(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """HGETALL of several hashes in one pipelined round trip."""
+        if not keys:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        rows: list[dict[bytes, bytes]] = self._call("hgetall_many", pipe.execute)
+        return [{k.decode(): v.decode() for k, v in row.items()} for row in rows]
+
     def hget_many(self, keys: Sequence[str], field: str) -> list[str | None]:
         """HGET of one field from many hashes, in one script call."""
         if not keys:

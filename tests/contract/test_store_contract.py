@@ -167,3 +167,9 @@ def test_set_bytes_with_a_ttl(store: Store, keys: Keys) -> None:
     assert 99 <= (store.ttl(k) or 0) <= 100
     commit(store, lambda b: b.set_bytes(k, b"\x02"))  # a plain SET clears the TTL
     assert store.ttl(k) is None
+
+
+def test_hgetall_many(store: Store, keys: Keys) -> None:
+    commit(store, lambda b: b.hset(keys.item("a"), {"x": "1"}))
+    assert store.hgetall_many([keys.item("a"), keys.item("none")]) == [{"x": "1"}, {}]
+    assert store.hgetall_many([]) == []
