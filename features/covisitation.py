@@ -38,7 +38,8 @@ class Covisitation:
         >>> from features.stores.memory_store import InMemoryStore
         >>> covis, store, batch = Covisitation(Keys("t")), InMemoryStore(), WriteBatch()
         >>> visits = [Visit("a", 1_000, True), Visit("b", 2_000, True), Visit("c", 3_000, True)]
-        >>> covis.add(batch, {}, {"u": []}, {"u": visits})
+        >>> covis.add(batch, {}, {"u": []}, {"u": visits})["u"][0]
+        ('c', 3000.0)
         >>> store.commit(batch)
         >>> [item for item, _ in covis.neighbours(store, "b", 5, now_s=3.0)]
         ['c', 'a']
@@ -68,14 +69,16 @@ class Covisitation:
         landmarks: Mapping[str, str],
         history: Mapping[str, Sequence[tuple[str, float]]],
         visits: Mapping[str, Sequence[Visit]],
-    ) -> None:
+    ) -> dict[str, list[tuple[str, float]]]:
         """Queue pair increments.
 
         ``history`` holds each user's ``history_size`` latest seen items (item, ts ms) as
-        they were before the batch, and ``visits`` each user's events in offset order.
+        they were before the batch, and ``visits`` each user's events in offset order. Returns
+        each user's latest items as the batch leaves them, in the same form.
         """
+        after: dict[str, list[tuple[str, float]]] = {}
         if not any(visits.values()):
-            return
+            return after
         stored = landmarks.get(FAMILY)
         batch.guard(self.keys.landmarks(), FAMILY, stored)
         if stored is None:
@@ -87,22 +90,29 @@ class Covisitation:
         # item -> neighbour -> amount, merged in plain dicts before touching the batch.
         pairs: dict[str, dict[str, float]] = {}
         for user, user_visits in visits.items():
-            for item, neighbours, ts_ms in self._pairs(history.get(user, ()), user_visits):
+            recent: list[tuple[float, str]] = []
+            for item, neighbours, ts_ms in self._pairs(history.get(user, ()), user_visits, recent):
                 amount = forward_weight(1.0, ts_ms / 1000.0, landmark, self.rate)
                 mine = pairs.setdefault(item, {})
                 for neighbour in neighbours:
                     mine[neighbour] = mine.get(neighbour, 0.0) + amount
                     theirs = pairs.setdefault(neighbour, {})
                     theirs[item] = theirs.get(item, 0.0) + amount
+            after[user] = [(i, ts) for ts, i in recent]
         for item in sorted(pairs):
             key = self.keys.covisitation(item)
             batch.zincrby_many(key, pairs[item])
             batch.zkeeptop(key, self.max_neighbours)
+        return after
 
     def _pairs(
-        self, history: Iterable[tuple[str, float]], visits: Sequence[Visit]
+        self,
+        history: Iterable[tuple[str, float]],
+        visits: Sequence[Visit],
+        final: list[tuple[float, str]],
     ) -> Iterable[tuple[str, list[str], int]]:
-        """Each positive visit with the recent items it pairs with."""
+        """Each positive visit with the recent items it pairs with; ``final`` receives the
+        recent list the visits leave behind."""
         # The user's recent items as their seen-set will hold them, newest first, ordered as
         # Redis orders a sorted set read backwards: by time, then by id, both descending.
         recent: list[tuple[float, str]] = sorted(((ts, i) for i, ts in history), reverse=True)
@@ -114,6 +124,7 @@ class Covisitation:
                 if neighbours:
                     yield visit.item_id, neighbours, visit.ts_ms
             recent = self._remember(recent, visit)
+        final[:] = recent
 
     def _remember(self, recent: list[tuple[float, str]], visit: Visit) -> list[tuple[float, str]]:
         """The recent list after ``visit`` (a later time wins, as ZADD GT does)."""

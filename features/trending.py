@@ -9,7 +9,7 @@ makes their commit fail and recompute instead of mixing two frames of reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from features.batch import WriteBatch
@@ -49,7 +49,7 @@ class Trending:
         >>> from features.stores.memory_store import InMemoryStore
         >>> trending = Trending(Keys("t"), [3600.0], {"click": 2.0})
         >>> store, batch = InMemoryStore(), WriteBatch()
-        >>> trending.add(batch, {}, [], [Counted("a", "click", 7_200_000, "news")])
+        >>> trending.add(batch, {}, list, [Counted("a", "click", 7_200_000, "news")])
         >>> store.commit(batch)
         >>> [(i, round(s, 6)) for i, s in trending.top(store, 3600.0, 5, now_s=10_800.0)]
         [('a', 1.0)]
@@ -75,13 +75,13 @@ class Trending:
         self,
         batch: WriteBatch,
         landmarks: Mapping[str, str],
-        known_categories: Sequence[str],
+        known_categories: Callable[[], Sequence[str]],
         events: Iterable[Counted],
     ) -> None:
         """Queue the increments for ``events``.
 
-        ``landmarks`` is the landmarks hash as read before the batch, and ``known_categories``
-        the categories already counted (a rotation rescales each of their sets).
+        ``landmarks`` is the landmarks hash as read before the batch; ``known_categories``
+        gives the categories already counted, asked only when a rotation must rescale them.
         """
         weighted = [
             (e, w, e.ts_ms / 1000.0) for e in events if (w := self.event_weights.get(e.kind, 0.0))
@@ -91,9 +91,11 @@ class Trending:
         newest = max(t for _, _, t in weighted)
         oldest = min(t for _, _, t in weighted)
         batch_categories = {e.category for e, _, _ in weighted if e.category}
-        scopes = [GLOBAL] + [
-            Keys.category_scope(c) for c in sorted(set(known_categories) | batch_categories)
-        ]
+
+        def scopes() -> list[str]:
+            every = sorted(set(known_categories()) | batch_categories)
+            return [GLOBAL] + [Keys.category_scope(c) for c in every]
+
         for half_life in self.half_lives_s:
             landmark = self._landmark(batch, landmarks, half_life, oldest, newest, scopes)
             rate = decay_rate(half_life)
@@ -120,7 +122,7 @@ class Trending:
         half_life: float,
         oldest: float,
         newest: float,
-        scopes: Sequence[str],
+        scopes: Callable[[], list[str]],
     ) -> float:
         field = self.family(half_life)
         stored = landmarks.get(field)
@@ -133,7 +135,7 @@ class Trending:
                 return landmark
             moved = aligned_landmark(newest)
             factor = rotation_factor(landmark, moved, decay_rate(half_life))
-            for scope in scopes:
+            for scope in scopes():
                 batch.zscale(self.keys.trending(half_life, scope), factor)
             landmark = moved
         batch.hset(self.keys.landmarks(), {field: repr(landmark)})

@@ -9,10 +9,10 @@ runtime commits atomically with the partition offsets.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from features.store import Store
 from features.trending import Counted, Trending
 from streams.item_vectors import item_vector
 from streams.schema import Interaction, Item
+from streams.state_cache import StateCache
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,10 +50,30 @@ class EventBatch:
 
 
 class BatchReads:
-    """State the processors read, fetched lazily and at most once per batch."""
+    """State the processors read, fetched lazily and at most once per batch.
 
-    def __init__(self, events: EventBatch, store: Store, keys: Keys, dim: int) -> None:
+    With a :class:`StateCache`, reads it can answer cost nothing, and ``barrier`` (which waits
+    for the commit still in flight) runs before any read that must go to the store.
+    """
+
+    def __init__(
+        self,
+        events: EventBatch,
+        store: Store,
+        keys: Keys,
+        dim: int,
+        cache: StateCache | None = None,
+        barrier: Callable[[], None] | None = None,
+    ) -> None:
         self.events, self.store, self.keys, self.dim = events, store, keys, dim
+        self.cache = cache
+        self._barrier = barrier
+
+    def read(self, fn: Callable[[], T]) -> T:
+        """Run a store read, after the commit in flight (if any) has landed."""
+        if self._barrier is not None:
+            self._barrier()
+        return fn()
 
     @cached_property
     def new_item_vectors(self) -> dict[str, Vector | None]:
@@ -61,30 +84,58 @@ class BatchReads:
             for item_id, item in latest.items()
         }
 
+    def _items(self, kind: str, fetch: Callable[[list[str]], list[Any]]) -> dict[str, Any]:
+        """Known values of an item lookup for every interacted item (absent ones left out)."""
+        out: dict[str, Any] = {}
+        missing: list[str] = []
+        for item in self.interacted_items:
+            hit, value = self.cache.item(kind, item) if self.cache else (False, None)
+            if hit:
+                out[item] = value
+            else:
+                missing.append(item)
+        if missing:
+            for item, value in zip(missing, self.read(lambda: fetch(missing)), strict=True):
+                if value is not None:
+                    out[item] = value
+                    if self.cache is not None:
+                        self.cache.put_item(kind, item, value)
+        return out
+
     @cached_property
     def item_vectors(self) -> dict[str, Vector]:
         """Vector of every interacted item that has one: from this batch, else as stored."""
-        items = self.interacted_items
-        stored = self.store.get_bytes([self.keys.item_embedding(i) for i in items])
-        out = {
-            item: np.frombuffer(raw, dtype=np.float32)
-            for item, raw in zip(items, stored, strict=True)
-            if raw is not None and len(raw) == 4 * self.dim
-        }
+
+        def fetch(items: list[str]) -> list[Vector | None]:
+            raws = self.store.get_bytes([self.keys.item_embedding(i) for i in items])
+            return [
+                np.frombuffer(raw, dtype=np.float32)
+                if raw is not None and len(raw) == 4 * self.dim
+                else None
+                for raw in raws
+            ]
+
+        out: dict[str, Vector] = self._items("vector", fetch)
         for item_id, vector in self.new_item_vectors.items():
             if vector is not None:
                 out[item_id] = vector
+                if self.cache is not None:
+                    self.cache.put_item("vector", item_id, vector)
         return out
 
     @cached_property
     def landmarks(self) -> dict[str, str]:
         """The decay landmarks hash."""
-        return self.store.hgetall(self.keys.landmarks())
+        if self.cache is not None and self.cache.landmarks is not None:
+            return dict(self.cache.landmarks)
+        landmarks = self.read(lambda: self.store.hgetall(self.keys.landmarks()))
+        if self.cache is not None:
+            self.cache.landmarks = dict(landmarks)
+        return landmarks
 
-    @cached_property
     def known_categories(self) -> list[str]:
-        """Every category counted so far."""
-        return [c for c, _ in self.store.top(self.keys.categories(), 1_000_000)]
+        """Every category counted so far (only a landmark rotation needs them)."""
+        return self.read(lambda: [c for c, _ in self.store.top(self.keys.categories(), 10**6)])
 
     @cached_property
     def interacted_items(self) -> list[str]:
@@ -98,15 +149,49 @@ class BatchReads:
         Item events of the same batch count too: an item and its first clicks often travel
         together, and the counts must not depend on where a batch happens to be cut.
         """
-        items = self.interacted_items
-        stored = self.store.hget_many([self.keys.item(i) for i in items], "category")
-        out = {
-            item: (cat or None) for item, cat in zip(items, stored, strict=True) if cat is not None
-        }
+
+        def fetch(items: list[str]) -> list[str | None]:
+            return self.store.hget_many([self.keys.item(i) for i in items], "category")
+
+        # Stored as "" for an item without a category; None means the item is unknown.
+        out = {i: (c or None) for i, c in self._items("category", fetch).items()}
         for item in self.events.items:
             if item.op == "upsert":
                 out[item.item_id] = item.category or None
+                if self.cache is not None:
+                    self.cache.put_item("category", item.item_id, item.category or "")
         return out
+
+    def recent(self, users: list[str], k: int) -> dict[str, list[tuple[str, float]]]:
+        """Each user's ``k`` latest seen items (item, event time), newest first."""
+        out: dict[str, list[tuple[str, float]]] = {}
+        missing = [u for u in users if self.cache is None or u not in self.cache.recent]
+        if missing:
+            keys = [self.keys.seen(u) for u in missing]
+            rows = self.read(lambda: self.store.top_many(keys, k))
+            out.update(zip(missing, rows, strict=True))
+        if self.cache is not None:
+            for user in users:
+                if user not in out:
+                    out[user] = self.cache.recent[user]
+        return out
+
+    def remember_recent(self, user: str, recent: list[tuple[str, float]]) -> None:
+        """Record a user's latest items as this batch leaves them."""
+        if self.cache is not None:
+            self.cache.put(self.cache.recent, user, recent)
+
+    def states(self, keys: list[str]) -> list[bytes | None]:
+        """Stored values (embedding states) of ``keys``."""
+        cache = self.cache
+        missing = [k for k in keys if cache is None or k not in cache.states]
+        fetched = dict(zip(missing, self.read(lambda: self.store.get_bytes(missing)), strict=True))
+        return [fetched[k] if k in fetched else cache.states[k] for k in keys]  # type: ignore[union-attr]
+
+    def remember_state(self, key: str, value: bytes | None) -> None:
+        """Record a value as this batch leaves it."""
+        if self.cache is not None:
+            self.cache.put(self.cache.states, key, value)
 
 
 class Processor(Protocol):
@@ -214,10 +299,10 @@ class CovisitationProcessor:
             visits[e.user_id].append(Visit(e.item_id, e.ts, e.type not in NEGATIVE_TYPES))
         if not visits:
             return
-        users = list(visits)
-        recent = self.seen.recent(reads.store, users, self.covisitation.history_size)
-        history = dict(zip(users, recent, strict=True))
-        self.covisitation.add(batch, reads.landmarks, history, visits)
+        history = reads.recent(list(visits), self.covisitation.history_size)
+        after = self.covisitation.add(batch, reads.landmarks, history, visits)
+        for user, recent in after.items():
+            reads.remember_recent(user, recent)
 
 
 class EmbeddingProcessor:
@@ -248,7 +333,7 @@ class EmbeddingProcessor:
         users = list(per_user)
         session_keys = [self.keys.session_embedding(u) for u in users]
         user_keys = [self.keys.user_embedding(u) for u in users]
-        stored = reads.store.get_bytes(session_keys + user_keys)
+        stored = reads.states(session_keys + user_keys)
         for n, user in enumerate(users):
             evs = per_user[user]
             for key, raw, half_life, gap, ttl in (
@@ -270,7 +355,11 @@ class EmbeddingProcessor:
                 state = EmbeddingState.from_bytes(raw, self.dim) if raw is not None else None
                 updated = self._fold(state, evs, vectors, half_life, gap)
                 if updated is not None and updated is not state:
-                    batch.set_bytes(key, updated.to_bytes(), ttl_s=ttl)
+                    value = updated.to_bytes()
+                    batch.set_bytes(key, value, ttl_s=ttl)
+                    reads.remember_state(key, value)
+                else:
+                    reads.remember_state(key, raw)
 
     def _fold(
         self,

@@ -17,7 +17,10 @@ NEWS = Keys.category_scope("news")
 
 def apply(trending: Trending, store: InMemoryStore, events: list[Counted]) -> None:
     batch = WriteBatch()
-    known = [c for c, _ in store.top(trending.keys.categories(), 100)]
+
+    def known() -> list[str]:
+        return [c for c, _ in store.top(trending.keys.categories(), 100)]
+
     trending.add(batch, store.hgetall(trending.keys.landmarks()), known, events)
     store.commit(batch)
 
@@ -92,7 +95,7 @@ def test_a_concurrent_landmark_change_makes_the_commit_conflict() -> None:
     stale = store.hgetall(trending.keys.landmarks())  # read by "worker A": no landmark yet
     apply(trending, store, [Counted("x", "view", 5_000_000)])  # "worker B" sets one
     batch = WriteBatch()
-    trending.add(batch, stale, [], [Counted("y", "view", 9_000_000)])
+    trending.add(batch, stale, list, [Counted("y", "view", 9_000_000)])
     with pytest.raises(ConflictError):
         store.commit(batch)
     assert [i for i, _ in trending.top(store, HOUR, 10, 9_000.0)] == ["x"]  # nothing half-applied
