@@ -16,6 +16,7 @@ from streamrec.settings import Settings
 from streams.bus import InProcessBus
 from streams.dead_letter import DeadLetterPolicy
 from streams.kafka_io import BrokerProbe, KafkaSource, KafkaTailSource, RawProducer
+from streams.pipelined import PipelinedWorker
 from streams.processors import default_processors
 from streams.producer import EventProducer
 from streams.replica import IndexReplica, SourceFactory
@@ -57,10 +58,12 @@ def build_worker(
     store: Store,
     dead_letters: RawSink,
     worker_id: str | None = None,
+    *,
+    pipelined: bool = False,
 ) -> Worker:
     """A worker over any transport: the composition both modes share."""
     keys = Keys(settings.namespace)
-    return Worker(
+    return (PipelinedWorker if pipelined else Worker)(
         source=source,
         store=store,
         keys=keys,
@@ -84,7 +87,8 @@ def kafka_worker(settings: Settings, worker_id: str | None = None) -> Worker:
         instance_id=worker_id,
     )
     dead_letters = RawProducer(settings.kafka_bootstrap, settings.kafka_config, name="dead-letter")
-    return build_worker(settings, source, store, dead_letters, worker_id)
+    # Against Redis, commits take long enough to be worth overlapping with the next batch.
+    return build_worker(settings, source, store, dead_letters, worker_id, pipelined=True)
 
 
 def kafka_resources(settings: Settings) -> Resources:

@@ -173,6 +173,7 @@ class BusSource:
     def __init__(self, bus: InProcessBus, topics: list[str], group: str) -> None:
         self._bus, self._topics, self._group = bus, topics, group
         self._positions: dict[TopicPartition, int] = {}
+        self.generation = 0  # one member per group: its partitions never move
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
         """The next messages after this member's position, oldest first per partition."""

@@ -171,17 +171,20 @@ class KafkaSource:
             }
         )
         self._consumer = Consumer(config)
-        self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
         self.assigned: set[TP] = set()
+        self.generation = 0
+        self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         added = [(p.topic, p.partition) for p in partitions]
         self.assigned.update(added)
+        self.generation += 1
         log.info("assigned %s", sorted(added))
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         removed = {(p.topic, p.partition) for p in partitions}
         self.assigned -= removed
+        self.generation += 1
         log.info("revoked %s", sorted(removed))
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
@@ -332,6 +335,7 @@ class KafkaTailSource:
             "error_cb": self.connection.on_error,
         }
         self._consumer = Consumer(config)
+        self.generation = 0
         self.topic = topic
         self._start = dict(start)
         self._assigned = False

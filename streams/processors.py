@@ -52,8 +52,11 @@ class EventBatch:
 class BatchReads:
     """State the processors read, fetched lazily and at most once per batch.
 
-    With a :class:`StateCache`, reads it can answer cost nothing, and ``barrier`` (which waits
-    for the commit still in flight) runs before any read that must go to the store.
+    With a :class:`StateCache`, reads it can answer cost nothing. A miss on a user's state or
+    an item lookup reads the store at once: the batch in flight wrote into the cache whatever
+    it wrote of those (its users' recent items and embedding states, its items' vectors and
+    categories; a catalog stub reads back like no record). Every other read first calls
+    ``barrier``, which waits for the commit in flight.
     """
 
     def __init__(
@@ -69,9 +72,9 @@ class BatchReads:
         self.cache = cache
         self._barrier = barrier
 
-    def read(self, fn: Callable[[], T]) -> T:
-        """Run a store read, after the commit in flight (if any) has landed."""
-        if self._barrier is not None:
+    def read(self, fn: Callable[[], T], *, after_inflight: bool = True) -> T:
+        """Run a store read; by default only once the commit in flight (if any) has landed."""
+        if after_inflight and self._barrier is not None:
             self._barrier()
         return fn()
 
@@ -95,7 +98,8 @@ class BatchReads:
             else:
                 missing.append(item)
         if missing:
-            for item, value in zip(missing, self.read(lambda: fetch(missing)), strict=True):
+            values = self.read(lambda: fetch(missing), after_inflight=False)
+            for item, value in zip(missing, values, strict=True):
                 if value is not None:
                     out[item] = value
                     if self.cache is not None:
@@ -119,8 +123,6 @@ class BatchReads:
         for item_id, vector in self.new_item_vectors.items():
             if vector is not None:
                 out[item_id] = vector
-                if self.cache is not None:
-                    self.cache.put_item("vector", item_id, vector)
         return out
 
     @cached_property
@@ -158,9 +160,18 @@ class BatchReads:
         for item in self.events.items:
             if item.op == "upsert":
                 out[item.item_id] = item.category or None
-                if self.cache is not None:
-                    self.cache.put_item("category", item.item_id, item.category or "")
         return out
+
+    def remember_items(self) -> None:
+        """Record what the batch's item events write (whether or not anything read them)."""
+        if self.cache is None:
+            return
+        for item_id, vector in self.new_item_vectors.items():
+            if vector is not None:
+                self.cache.put_item("vector", item_id, vector)
+        for item in self.events.items:
+            if item.op == "upsert":
+                self.cache.put_item("category", item.item_id, item.category or "")
 
     def recent(self, users: list[str], k: int) -> dict[str, list[tuple[str, float]]]:
         """Each user's ``k`` latest seen items (item, event time), newest first."""
@@ -168,7 +179,7 @@ class BatchReads:
         missing = [u for u in users if self.cache is None or u not in self.cache.recent]
         if missing:
             keys = [self.keys.seen(u) for u in missing]
-            rows = self.read(lambda: self.store.top_many(keys, k))
+            rows = self.read(lambda: self.store.top_many(keys, k), after_inflight=False)
             out.update(zip(missing, rows, strict=True))
         if self.cache is not None:
             for user in users:
@@ -185,7 +196,8 @@ class BatchReads:
         """Stored values (embedding states) of ``keys``."""
         cache = self.cache
         missing = [k for k in keys if cache is None or k not in cache.states]
-        fetched = dict(zip(missing, self.read(lambda: self.store.get_bytes(missing)), strict=True))
+        values = self.read(lambda: self.store.get_bytes(missing), after_inflight=False)
+        fetched = dict(zip(missing, values, strict=True))
         return [fetched[k] if k in fetched else cache.states[k] for k in keys]  # type: ignore[union-attr]
 
     def remember_state(self, key: str, value: bytes | None) -> None:

@@ -200,8 +200,19 @@ class Worker:
         applied: dict[TopicPartition, int],
         watermarks: dict[TopicPartition, int],
     ) -> None:
-        batch = WriteBatch()
         reads = BatchReads(events, self.store, self.keys, self.validator.embedding_dim)
+        self.store.commit(self._compute(events, last, applied, watermarks, reads))
+
+    def _compute(
+        self,
+        events: EventBatch,
+        last: dict[TopicPartition, int],
+        applied: dict[TopicPartition, int],
+        watermarks: dict[TopicPartition, int],
+        reads: BatchReads,
+    ) -> WriteBatch:
+        """The batch's writes: every processor's, then the guarded checkpoint."""
+        batch = WriteBatch()
         for processor in self.processors:
             processor.apply(events, reads, batch)
         for (topic, partition), offset in last.items():
@@ -217,7 +228,7 @@ class Worker:
             if (topic, partition) in watermarks:
                 mark = str(watermarks[(topic, partition)])
                 batch.hset(self.keys.watermarks(topic), {str(partition): mark})
-        self.store.commit(batch)
+        return batch
 
     def _decode_into(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 
 from streams.transport import TopicPartition
 
-#: Entries kept per table before it starts over (a miss only costs a read).
+#: Entries kept per table before it is started over (a miss only costs a read).
 MAX_ENTRIES = 200_000
 
 
@@ -40,10 +40,20 @@ class StateCache:
         self._items: dict[tuple[str, str], tuple[float, Any]] = {}
 
     def put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        """Set an entry, starting the table over when it is full."""
-        if len(table) >= MAX_ENTRIES:
-            table.clear()
+        """Set an entry. Tables are trimmed only by :meth:`trim`, between commits: dropping an
+        entry a commit in flight wrote would make the next batch read the store too early."""
         table[key] = value
+
+    @property
+    def oversized(self) -> bool:
+        """True once a table holds more than :data:`MAX_ENTRIES`."""
+        return any(len(t) > MAX_ENTRIES for t in (self.recent, self.states, self._items))
+
+    def trim(self) -> None:
+        """Start the oversized tables over (call only with no commit in flight)."""
+        for table in (self.recent, self.states, self._items):
+            if len(table) > MAX_ENTRIES:
+                table.clear()
 
     def item(self, kind: str, item_id: str) -> tuple[bool, Any]:
         """(hit, value) of an item lookup of ``kind`` that has not expired."""

@@ -27,6 +27,9 @@ class RawMessage:
 class MessageSource(Protocol):
     """A consumer-group member that hands out batches and commits what was applied."""
 
+    #: Changes whenever the member's partitions change hands (a rebalance).
+    generation: int
+
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
         """Up to ``max_messages`` messages, waiting at most ``timeout_s`` for the first."""
         ...

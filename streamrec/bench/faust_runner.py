@@ -28,6 +28,8 @@ from streams.transport import RawMessage, TopicPartition
 class _PushedSource:
     """Faust owns polling and offset commits; the worker only applies what it is handed."""
 
+    generation = 0
+
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
         return []
 

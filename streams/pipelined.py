@@ -1,0 +1,156 @@
+"""The worker with its commits in flight: batch N+1 is decoded and computed while Redis
+applies batch N.
+
+Batch N+1 may only read what batch N left behind, so reads go through a
+:class:`StateCache` of what this worker has written (its own users' state, its partitions'
+checkpoint, the landmarks) and recently read (items). Anything the cache cannot answer
+first waits for the commit in flight (the barrier) and then reads the store. If a commit
+fails (a conflict, an outage), the cache is dropped and that batch and the one computed on
+top of it are applied again by the plain, synchronous path, which re-reads everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from features.batch import HSet, WriteBatch
+from streams.processors import BatchReads
+from streams.runtime import Worker, _Stopped
+from streams.state_cache import StateCache
+from streams.transport import RawMessage, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class _InflightFailed(Exception):
+    """The commit in flight failed; what was computed on top of it is void."""
+
+
+@dataclass
+class _Inflight:
+    future: Future[None]
+    messages: list[RawMessage]
+    last: dict[TopicPartition, int]
+    events: int
+    started: float
+
+
+class PipelinedWorker(Worker):
+    """A :class:`Worker` whose :meth:`run` overlaps computing with committing."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cache = StateCache()
+        self._inflight: _Inflight | None = None
+        self._generation = self.source.generation
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+
+    def run(self, stop: threading.Event) -> None:
+        """Process batches until ``stop`` is set, then finish the last commit and leave."""
+        log.info("worker %s started (pipelined commits)", self.worker_id)
+        try:
+            while not stop.is_set():
+                messages = self.source.poll_batch(
+                    self.settings.batch_size, self.settings.batch_timeout_ms / 1000.0
+                )
+                try:
+                    if messages:
+                        self._pipeline(messages, stop)
+                    else:
+                        self._finish(stop)  # idle: land the last batch now
+                except _Stopped:
+                    break
+                except _InflightFailed:
+                    pass  # that batch was applied again synchronously
+                self._maybe_heartbeat()
+            try:
+                self._finish(stop)
+            except (_Stopped, _InflightFailed):
+                pass  # uncommitted batches are consumed again after a restart
+        finally:
+            self._committer.shutdown(wait=True)
+            self.source.close()
+            log.info("worker %s stopped: %s", self.worker_id, self.stats)
+
+    def _pipeline(self, messages: list[RawMessage], stop: threading.Event) -> None:
+        if self.source.generation != self._generation:
+            # Partitions changed hands: what the cache knows about users may be stale now.
+            self._finish(stop)
+            self.cache.clear()
+            self._generation = self.source.generation
+        elif self.cache.oversized:
+            self._finish(stop)
+            self.cache.trim()
+        started = time.perf_counter()
+        try:
+            batch, last, events = self._plan(messages, stop)
+            self._finish(stop)
+        except _InflightFailed:
+            self.cache.clear()
+            self.apply_messages(messages, stop)
+            return
+        future = self._committer.submit(self.store.commit, batch)
+        self._inflight = _Inflight(future, messages, last, events, started)
+
+    def _plan(
+        self, messages: list[RawMessage], stop: threading.Event
+    ) -> tuple[WriteBatch, dict[TopicPartition, int], int]:
+        """Decode and compute a batch from the cache (reading the store only past the
+        barrier), and update the cache with what the batch will write."""
+        last: dict[TopicPartition, int] = {}
+        for msg in messages:
+            tp = (msg.topic, msg.partition)
+            last[tp] = max(msg.offset, last.get(tp, -1))
+        cache = self.cache
+        if not all(tp in cache.offsets for tp in last):
+            self._finish(stop)
+            stored_offsets, stored_marks = self._read_checkpoint(sorted({t for t, _ in last}))
+            for tp in last:
+                cache.offsets.setdefault(tp, stored_offsets.get(tp, -1))
+                if tp in stored_marks:
+                    cache.watermarks.setdefault(tp, stored_marks[tp])
+        applied = {tp: cache.offsets[tp] for tp in last if cache.offsets[tp] >= 0}
+        watermarks = {tp: cache.watermarks[tp] for tp in last if tp in cache.watermarks}
+        events = self._fresh_events(messages, applied, watermarks, set())
+        self.dead_letter.flush()
+        reads = BatchReads(
+            events,
+            self.store,
+            self.keys,
+            self.validator.embedding_dim,
+            cache=cache,
+            barrier=lambda: self._finish(stop),
+        )
+        batch = self._compute(events, last, applied, watermarks, reads)
+        reads.remember_items()
+        for tp, offset in last.items():
+            cache.offsets[tp] = max(offset, cache.offsets[tp])
+        cache.watermarks.update(watermarks)
+        landmarks_key = self.keys.landmarks()
+        for op in batch:
+            if isinstance(op, HSet) and op.key == landmarks_key and cache.landmarks is not None:
+                cache.landmarks.update(op.fields)
+        return batch, last, len(events)
+
+    def _finish(self, stop: threading.Event | None) -> None:
+        """Wait for the commit in flight; on failure, apply that batch again synchronously
+        and raise :class:`_InflightFailed` (whatever was computed on top of it is void)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        try:
+            inflight.future.result()
+        except Exception as exc:  # noqa: BLE001 - every failure takes the safe, synchronous path
+            log.info("pipelined commit failed (%s); applying the batch again", exc)
+            self.cache.clear()
+            self.apply_messages(inflight.messages, stop)
+            raise _InflightFailed from None
+        self.source.commit({tp: offset + 1 for tp, offset in inflight.last.items()})
+        self.stats.applied += inflight.events
+        self.stats.batches += 1
+        self.stats.last_batch_ms = (time.perf_counter() - inflight.started) * 1000.0

@@ -1,0 +1,150 @@
+"""The pipelined worker ends with exactly the state of the plain one, failures included."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from features.batch import WriteBatch
+from features.errors import ConflictError, StoreUnavailableError
+from features.keys import Keys
+from features.settings import FeatureSettings
+from features.stores.memory_store import InMemoryStore
+from streams.bus import InProcessBus
+from streams.dead_letter import DeadLetterPolicy
+from streams.pipeline import run_pipeline
+from streams.pipelined import PipelinedWorker
+from streams.processors import default_processors
+from streams.schema import EventValidator
+from streams.settings import TopicSettings, WorkerSettings
+from streams.simulator import SimulatorConfig, StreamSimulator
+from tests.state import assert_same_state, readable_state
+
+NOW = 1_800_000_000_000
+BATCH = 250
+FEATURES = FeatureSettings()
+
+
+def stream() -> list:  # type: ignore[type-arg]
+    sim = StreamSimulator(SimulatorConfig(users=200, items=400), seed=8)
+    return [*sim.initial_items(NOW), *sim.events(6_000, start_ms=NOW)]
+
+
+class FailingStore(InMemoryStore):
+    """Fails chosen commits, before or after writing (a lost reply)."""
+
+    def __init__(self, fail_at: dict[int, str]) -> None:
+        super().__init__()
+        self.fail_at, self.calls = fail_at, 0
+
+    def commit(self, batch: WriteBatch) -> None:
+        self.calls += 1
+        how = self.fail_at.pop(self.calls, None)
+        if how == "conflict":
+            raise ConflictError("test conflict")
+        if how == "down":
+            raise StoreUnavailableError("test outage")
+        super().commit(batch)
+        if how == "lost-reply":
+            raise StoreUnavailableError("test: applied, reply lost")
+
+
+def run_pipelined(events: list, store: InMemoryStore) -> PipelinedWorker:  # type: ignore[type-arg]
+    topics = TopicSettings()
+    bus = InProcessBus(partitions=topics.partitions, topics=topics)  # as run_pipeline
+    for event in events:
+        bus.send(event)
+    keys = Keys("sr")
+    settings = WorkerSettings(batch_size=BATCH, heartbeat_s=300)
+    worker = PipelinedWorker(
+        source=bus.source([topics.interactions, topics.items], settings.group_id),
+        store=store,
+        keys=keys,
+        processors=default_processors(keys, FEATURES),
+        validator=EventValidator(embedding_dim=64, max_payload_bytes=65536, max_future_ms=10**12),
+        dead_letter=DeadLetterPolicy(bus, topics.dead_letter),
+        topics=topics,
+        settings=settings,
+        worker_id="pipelined",
+        clock=lambda: NOW / 1000.0,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while any(worker.source.lag().values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()  # the worker lands its last commit before it stops
+    thread.join(30)
+    assert not thread.is_alive()
+    return worker
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [{}, {5: "conflict"}, {9: "down", 10: "down"}, {7: "lost-reply"}],
+    ids=["clean", "conflict", "outage", "lost-reply"],
+)
+def test_same_state_as_the_plain_worker(failures: dict[int, str]) -> None:
+    events = stream()
+    # Same batches for both: which events share a batch decides what an interaction finds in
+    # the catalog (items and interactions travel on different topics).
+    expected_store, _, _ = run_pipeline(
+        events, InMemoryStore(), now_ms=NOW, worker=WorkerSettings(batch_size=BATCH)
+    )
+    store = FailingStore(dict(failures))
+    worker = run_pipelined(events, store)
+    assert worker.stats.applied + worker.stats.skipped_duplicates >= len(events)
+    keys = Keys("sr")
+    assert_same_state(
+        readable_state(store, keys, FEATURES, NOW / 1000),
+        readable_state(expected_store, keys, FEATURES, NOW / 1000),
+    )
+
+
+class SlowStore(InMemoryStore):
+    """Batch commits (the guarded ones, not heartbeats) take 0.3 s to land."""
+
+    def commit(self, batch: WriteBatch) -> None:
+        if batch.guards:
+            time.sleep(0.3)
+        super().commit(batch)
+
+
+def test_a_batch_sees_the_items_of_the_batch_still_in_flight() -> None:
+    from streams.schema import Interaction, Item
+
+    topics = TopicSettings()
+    bus = InProcessBus(partitions=1, topics=topics)
+    keys = Keys("sr")
+    store = SlowStore()
+    worker = PipelinedWorker(
+        source=bus.source([topics.interactions, topics.items], "g"),
+        store=store,
+        keys=keys,
+        processors=default_processors(keys, FEATURES),
+        validator=EventValidator(embedding_dim=64, max_payload_bytes=65536, max_future_ms=10**12),
+        dead_letter=DeadLetterPolicy(bus, topics.dead_letter),
+        topics=topics,
+        settings=WorkerSettings(heartbeat_s=300),
+        clock=lambda: NOW / 1000.0,
+    )
+    stop = threading.Event()
+
+    def next_batch() -> None:
+        worker._pipeline(worker.source.poll_batch(100, 0.01), stop)
+
+    # Batch 0 touches both topics, so later batches find both checkpoints in the cache.
+    bus.send(Item(item_id="zz", ts=NOW, category="misc"))
+    bus.send(Interaction(event_id="e0", user_id="other", item_id="zz", type="view", ts=NOW))
+    next_batch()
+    bus.send(Item(item_id="n1", ts=NOW, category="news", tags=["x"]))
+    next_batch()  # batch 1 (items only) is submitted and takes 0.3 s to land
+    bus.send(Interaction(event_id="e", user_id="u", item_id="n1", type="click", ts=NOW))
+    next_batch()  # batch 2 is computed while batch 1 is in flight
+    worker._finish(stop)
+    assert [i for i, _ in store.top(keys.trending(3600.0, "cat:news"), 5)] == ["n1"]
+    assert store.get_bytes([keys.session_embedding("u")])[0] is not None
+    assert store.hgetall(keys.item("n1"))["stub"] == "0"
