@@ -194,11 +194,11 @@ class BatchReads:
 
     def states(self, keys: list[str]) -> list[bytes | None]:
         """Stored values (embedding states) of ``keys``."""
-        cache = self.cache
-        missing = [k for k in keys if cache is None or k not in cache.states]
+        known = self.cache.states if self.cache is not None else {}
+        missing = [k for k in keys if k not in known]
         values = self.read(lambda: self.store.get_bytes(missing), after_inflight=False)
         fetched = dict(zip(missing, values, strict=True))
-        return [fetched[k] if k in fetched else cache.states[k] for k in keys]  # type: ignore[union-attr]
+        return [fetched[k] if k in fetched else known[k] for k in keys]
 
     def remember_state(self, key: str, value: bytes | None) -> None:
         """Record a value as this batch leaves it."""
