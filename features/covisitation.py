@@ -53,6 +53,7 @@ class Covisitation:
         window: int = 5,
         max_gap_s: float = 3600.0,
         max_neighbours: int = 100,
+        symmetric: bool = True,
     ) -> None:
         self.keys = keys
         self.half_life_s = half_life_s
@@ -60,6 +61,9 @@ class Covisitation:
         self.window = window
         self.max_gap_ms = int(max_gap_s * 1000)
         self.max_neighbours = max_neighbours
+        # One-directional lists hold only what users went on to next ("after X, Y"): half the
+        # writes, and the question a next-item feed asks anyway.
+        self.symmetric = symmetric
         # The event's own item may sit among the recent ones, so one more is read.
         self.history_size = window + 1
 
@@ -93,11 +97,13 @@ class Covisitation:
             recent: list[tuple[float, str]] = []
             for item, neighbours, ts_ms in self._pairs(history.get(user, ()), user_visits, recent):
                 amount = forward_weight(1.0, ts_ms / 1000.0, landmark, self.rate)
-                mine = pairs.setdefault(item, {})
                 for neighbour in neighbours:
-                    mine[neighbour] = mine.get(neighbour, 0.0) + amount
+                    # Stored under the earlier item: neighbours(X) are what followed X.
                     theirs = pairs.setdefault(neighbour, {})
                     theirs[item] = theirs.get(item, 0.0) + amount
+                    if self.symmetric:
+                        mine = pairs.setdefault(item, {})
+                        mine[neighbour] = mine.get(neighbour, 0.0) + amount
             after[user] = [(i, ts) for ts, i in recent]
         for item in sorted(pairs):
             key = self.keys.covisitation(item)

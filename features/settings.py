@@ -32,6 +32,8 @@ class FeatureSettings(BaseModel):
     covisitation_window: int = Field(3, ge=1, le=100)
     # Items touched more than this many seconds before an event do not pair with it.
     covisitation_max_gap_s: float = Field(3600.0, gt=0)
+    # Count each pair under both items (True) or only under the earlier one (what followed).
+    covisitation_symmetric: bool = Field(True)
     # Most neighbours kept per item.
     covisitation_neighbours: int = Field(100, ge=1, le=10_000)
     # Half-life of the session embedding, in seconds.

@@ -416,6 +416,7 @@ def default_processors(keys: Keys, settings: FeatureSettings) -> Sequence[Proces
                 window=settings.covisitation_window,
                 max_gap_s=settings.covisitation_max_gap_s,
                 max_neighbours=settings.covisitation_neighbours,
+                symmetric=settings.covisitation_symmetric,
             ),
             seen,
         ),

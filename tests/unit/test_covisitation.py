@@ -80,3 +80,12 @@ def test_the_same_events_give_the_same_pairs_however_batches_are_cut() -> None:
     assert da and da.keys() == db.keys()
     for key in da:
         assert da[key] == pytest.approx(db[key], rel=1e-9)
+
+
+def test_one_directional_lists_hold_what_followed() -> None:
+    covis = Covisitation(KEYS, window=2, half_life_s=1e9, symmetric=False)
+    store = InMemoryStore()
+    run(covis, store, {"u": [Visit(i, n * MIN, True) for n, i in enumerate("abc")]})
+    assert {i for i, _ in covis.neighbours(store, "a", 10, 0.0)} == {"b", "c"}
+    assert {i for i, _ in covis.neighbours(store, "b", 10, 0.0)} == {"c"}
+    assert covis.neighbours(store, "c", 10, 0.0) == []
