@@ -51,14 +51,11 @@ class FailingStore(InMemoryStore):
             raise StoreUnavailableError("test: applied, reply lost")
 
 
-def run_pipelined(events: list, store: InMemoryStore) -> PipelinedWorker:  # type: ignore[type-arg]
-    topics = TopicSettings()
-    bus = InProcessBus(partitions=topics.partitions, topics=topics)  # as run_pipeline
-    for event in events:
-        bus.send(event)
-    keys = Keys("sr")
-    settings = WorkerSettings(batch_size=BATCH, heartbeat_s=300)
-    worker = PipelinedWorker(
+def make_worker(
+    bus: InProcessBus, store: InMemoryStore, settings: WorkerSettings
+) -> PipelinedWorker:
+    topics, keys = bus.topics, Keys("sr")
+    return PipelinedWorker(
         source=bus.source([topics.interactions, topics.items], settings.group_id),
         store=store,
         keys=keys,
@@ -70,6 +67,14 @@ def run_pipelined(events: list, store: InMemoryStore) -> PipelinedWorker:  # typ
         worker_id="pipelined",
         clock=lambda: NOW / 1000.0,
     )
+
+
+def run_pipelined(events: list, store: InMemoryStore) -> PipelinedWorker:  # type: ignore[type-arg]
+    topics = TopicSettings()
+    bus = InProcessBus(partitions=topics.partitions, topics=topics)  # as run_pipeline
+    for event in events:
+        bus.send(event)
+    worker = make_worker(bus, store, WorkerSettings(batch_size=BATCH, heartbeat_s=300))
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
@@ -116,21 +121,10 @@ class SlowStore(InMemoryStore):
 def test_a_batch_sees_the_items_of_the_batch_still_in_flight() -> None:
     from streams.schema import Interaction, Item
 
-    topics = TopicSettings()
-    bus = InProcessBus(partitions=1, topics=topics)
+    bus = InProcessBus(partitions=1)
     keys = Keys("sr")
     store = SlowStore()
-    worker = PipelinedWorker(
-        source=bus.source([topics.interactions, topics.items], "g"),
-        store=store,
-        keys=keys,
-        processors=default_processors(keys, FEATURES),
-        validator=EventValidator(embedding_dim=64, max_payload_bytes=65536, max_future_ms=10**12),
-        dead_letter=DeadLetterPolicy(bus, topics.dead_letter),
-        topics=topics,
-        settings=WorkerSettings(heartbeat_s=300),
-        clock=lambda: NOW / 1000.0,
-    )
+    worker = make_worker(bus, store, WorkerSettings(heartbeat_s=300))
     stop = threading.Event()
 
     def next_batch() -> None:
