@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from features.ann import HnswIndex
@@ -11,7 +12,7 @@ from features.keys import Keys
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
-from serving.resources import Resources
+from serving.resources import Resources, TransportProbe
 from streamrec.settings import Settings
 from streams.bus import InProcessBus
 from streams.dead_letter import DeadLetterPolicy
@@ -22,7 +23,7 @@ from streams.producer import EventProducer
 from streams.replica import IndexReplica, SourceFactory
 from streams.runtime import Backoff, Worker
 from streams.schema import EventValidator
-from streams.transport import MessageSource, RawSink
+from streams.transport import EventSink, MessageSource, RawSink
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +108,14 @@ def kafka_resources(settings: Settings) -> Resources:
         ),
         settings.serving.index_snapshot_dir,
     )
-    resources = Resources(
-        store=store,
-        sink=producer,
-        keys=Keys(settings.namespace),
-        features=settings.features,
-        validator=validator(settings),
-        transport_probe=BrokerProbe(producer.raw),
-        replica=replica,
+    return _started(
+        settings,
+        store,
+        producer,
+        BrokerProbe(producer.raw),
+        replica,
+        closers=[store.close, producer.close],
     )
-    resources.on_close.extend([store.close, producer.close, replica.stop])
-    replica.start()
-    return resources
 
 
 def embedded_resources(settings: Settings, bus: InProcessBus, store: InMemoryStore) -> Resources:
@@ -126,16 +123,29 @@ def embedded_resources(settings: Settings, bus: InProcessBus, store: InMemorySto
     replica = index_replica(
         settings, lambda start: bus.tail_source(settings.topics.items, start), snapshot_dir=None
     )
+    return _started(settings, store, bus, lambda: (True, "in-process bus"), replica, closers=[])
+
+
+def _started(
+    settings: Settings,
+    store: Store,
+    sink: EventSink,
+    probe: TransportProbe,
+    replica: IndexReplica,
+    *,
+    closers: list[Callable[[], None]],
+) -> Resources:
+    """Resources of either mode, with the index replica following its topic."""
     resources = Resources(
         store=store,
-        sink=bus,
+        sink=sink,
         keys=Keys(settings.namespace),
         features=settings.features,
         validator=validator(settings),
-        transport_probe=lambda: (True, "in-process bus"),
+        transport_probe=probe,
         replica=replica,
     )
-    resources.on_close.append(replica.stop)
+    resources.on_close.extend([*closers, replica.stop])
     replica.start()
     return resources
 
