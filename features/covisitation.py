@@ -41,8 +41,8 @@ class Covisitation:
         >>> covis.add(batch, {}, {"u": []}, {"u": visits})["u"][0]
         ('c', 3000.0)
         >>> store.commit(batch)
-        >>> [item for item, _ in covis.neighbours(store, "b", 5, now_s=3.0)]
-        ['c', 'a']
+        >>> [item for item, _ in covis.neighbours(store, "a", 5, now_s=3.0)]
+        ['c', 'b']
     """
 
     def __init__(
@@ -53,7 +53,7 @@ class Covisitation:
         window: int = 5,
         max_gap_s: float = 3600.0,
         max_neighbours: int = 100,
-        symmetric: bool = True,
+        symmetric: bool = False,
     ) -> None:
         self.keys = keys
         self.half_life_s = half_life_s

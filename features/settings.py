@@ -32,8 +32,10 @@ class FeatureSettings(BaseModel):
     covisitation_window: int = Field(3, ge=1, le=100)
     # Items touched more than this many seconds before an event do not pair with it.
     covisitation_max_gap_s: float = Field(3600.0, gt=0)
-    # Count each pair under both items (True) or only under the earlier one (what followed).
-    covisitation_symmetric: bool = Field(True)
+    # Count each pair only under the earlier item ("what users went on to next", False) or
+    # under both (True). Directed is the default: sequential rules beat symmetric association
+    # rules for next-item recommendation (Ludewig & Jannach 2018), at 60% of the writes.
+    covisitation_symmetric: bool = Field(False)
     # Most neighbours kept per item.
     covisitation_neighbours: int = Field(100, ge=1, le=10_000)
     # Half-life of the session embedding, in seconds.

@@ -26,8 +26,8 @@ def run(covis: Covisitation, store: InMemoryStore, visits: dict[str, list[Visit]
     store.commit(batch)
 
 
-def test_pairs_within_the_window_are_counted_both_ways() -> None:
-    covis = Covisitation(KEYS, window=2, half_life_s=1e9)
+def test_symmetric_pairs_within_the_window_are_counted_both_ways() -> None:
+    covis = Covisitation(KEYS, window=2, half_life_s=1e9, symmetric=True)
     store = InMemoryStore()
     run(covis, store, {"u": [Visit(i, n * MIN, True) for n, i in enumerate("abcd")]})
     # window 2: b-a, c-b, c-a, d-c, d-b (not d-a)
@@ -66,12 +66,13 @@ def test_neighbour_lists_are_bounded() -> None:
     assert store.zcard(KEYS.covisitation("hub")) == 3
 
 
-def test_the_same_events_give_the_same_pairs_however_batches_are_cut() -> None:
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_same_events_give_the_same_pairs_however_batches_are_cut(symmetric: bool) -> None:
     visits = [
         Visit(f"i{n % 7}", 1000 * n + (500 if n % 3 == 0 else 0), n % 5 != 0) for n in range(40)
     ]
     whole, split = InMemoryStore(), InMemoryStore()
-    covis = Covisitation(KEYS, window=3)
+    covis = Covisitation(KEYS, window=3, symmetric=symmetric)
     run(covis, whole, {"u": visits})
     for start in range(0, 40, 7):
         run(covis, split, {"u": visits[start : start + 7]})
@@ -82,8 +83,8 @@ def test_the_same_events_give_the_same_pairs_however_batches_are_cut() -> None:
         assert da[key] == pytest.approx(db[key], rel=1e-9)
 
 
-def test_one_directional_lists_hold_what_followed() -> None:
-    covis = Covisitation(KEYS, window=2, half_life_s=1e9, symmetric=False)
+def test_by_default_lists_hold_what_followed() -> None:
+    covis = Covisitation(KEYS, window=2, half_life_s=1e9)
     store = InMemoryStore()
     run(covis, store, {"u": [Visit(i, n * MIN, True) for n, i in enumerate("abc")]})
     assert {i for i, _ in covis.neighbours(store, "a", 10, 0.0)} == {"b", "c"}
