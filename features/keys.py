@@ -95,6 +95,28 @@ class Keys:
         """Hash of partition → highest event time (ms) applied, for the lateness rule."""
         return f"{self._prefix}:watermarks:{topic}"
 
+    def bandit(self, segment: str) -> str:
+        """Sorted set of one context segment's forward-decayed impressions and rewards per
+        source (members ``<source>|n`` and ``<source>|r``)."""
+        return f"{self._prefix}:bandit:{segment}"
+
+    def bandit_segments(self) -> str:
+        """Sorted set of bandit segments by when they were last updated (ms)."""
+        return f"{self._prefix}:bandit-segments"
+
+    def ranker(self) -> str:
+        """Hash of ranker part → JSON weights; servers combine the parts."""
+        return f"{self._prefix}:ranker"
+
+    def impressions(self, user_id: str) -> str:
+        """Hash of request id → a user's served, not yet finalised feed (msgpack)."""
+        return f"{self._prefix}:imp:{user_id}"
+
+    def impressions_due(self, partition: int) -> str:
+        """Sorted set of ``user|request`` by when their attribution window closes (ms), per
+        partition of the impressions topic."""
+        return f"{self._prefix}:imp-due:{partition}"
+
     def workers(self) -> str:
         """Hash of worker id → JSON heartbeat, read by /health."""
         return f"{self._prefix}:workers"

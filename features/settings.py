@@ -61,3 +61,35 @@ class FeatureSettings(BaseModel):
         if any(h <= 0 for h in value):
             raise ValueError("every half-life must be > 0 seconds")
         return sorted(value)
+
+
+#: Interaction types that count as a click for attribution, the bandit and the ranker.
+DEFAULT_REWARD_TYPES: list[str] = ["click", "like", "share", "add_to_cart", "purchase"]
+
+
+class LearningSettings(BaseModel):
+    """How served feeds are joined to clicks, and how the bandit and the ranker learn."""
+
+    # A click this many seconds after an impression still counts; after it, unclicked slots
+    # become negatives.
+    attribution_window_s: float = Field(300.0, gt=0, le=7 * 86400)
+    # Interaction types that count as a click (a reward of 1).
+    reward_types: list[str] = Field(default_factory=lambda: list(DEFAULT_REWARD_TYPES))
+    # Most open impressions kept per user; older ones are finalised early.
+    max_open_impressions: int = Field(50, ge=1, le=10_000)
+    # Half-life of the bandit's impression and reward counts, in seconds (follows drift).
+    bandit_half_life_s: float = Field(6 * 3600.0, gt=0)
+    # Beta prior of every source's click-rate.
+    bandit_prior_alpha: float = Field(1.0, gt=0)
+    bandit_prior_beta: float = Field(20.0, gt=0)
+    # Thompson draws per slot to estimate the propensity of each source.
+    bandit_draws: int = Field(256, ge=16, le=100_000)
+    # Share of each slot's probability spread evenly over the sources (keeps every
+    # propensity above zero for off-policy evaluation).
+    bandit_floor: float = Field(0.05, ge=0.0, le=1.0)
+    # SGD learning rate of the online ranker.
+    ranker_learning_rate: float = Field(0.05, gt=0, le=10.0)
+    # L2 penalty of the online ranker.
+    ranker_l2: float = Field(1e-4, ge=0.0)
+    # Below this many learned examples the feed ranks by the documented heuristic.
+    ranker_min_examples: int = Field(500, ge=0)

@@ -19,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from features.settings import FeatureSettings
+from features.settings import FeatureSettings, LearningSettings
 from serving.settings import ServingSettings
 from streams.settings import TopicSettings, WorkerSettings
 
@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
 
