@@ -61,6 +61,9 @@ class AnnIndex(Protocol):
     def query(self, vector: npt.ArrayLike, k: int, exclude: Collection[str] = ()) -> list[Hit]:
         """Up to ``k`` (id, cosine) pairs, best first, never a removed or excluded id."""
 
+    def vectors(self, ids: Sequence[str]) -> Matrix:
+        """Unit vectors of ``ids`` as rows; a zero row for an id that is not live."""
+
     def __len__(self) -> int:
         """The number of live (not removed) items."""
 
@@ -117,7 +120,7 @@ class _RWLock:
 class _Index:
     """The public methods, written once: checks, normalisation, locking, exclusion, snapshots.
 
-    Subclasses fill in ``_upsert``, ``_remove``, ``_search`` (called under the lock, with
+    Subclasses fill in ``_upsert``, ``_remove``, ``_get``, ``_search`` (called under the lock, with
     unit float32 vectors and ``0 < want <= len(self)``), ``_dump`` and ``_restore``.
     """
 
@@ -161,6 +164,16 @@ class _Index:
         hits = [hit for hit in hits if hit[0] not in excluded]
         hits.sort(key=lambda hit: (-hit[1], hit[0]))
         return hits[:k]
+
+    def vectors(self, ids: Sequence[str]) -> Matrix:
+        """Unit vectors of ``ids`` as rows; a zero row for an id that is not live."""
+        ids = _id_list(ids)
+        out: Matrix = np.zeros((len(ids), self.dim), np.float32)
+        with self._lock.read():
+            rows = [n for n, id_ in enumerate(ids) if id_ in self]
+            if rows:
+                out[rows] = self._get([ids[n] for n in rows])
+        return out
 
     def save(self, directory: Path, meta: Mapping[str, Any]) -> None:
         """Write a snapshot with ``meta`` into ``directory``; see the module docstring."""
@@ -243,6 +256,9 @@ class _Index:
     def _remove(self, ids: list[str]) -> None:
         raise NotImplementedError
 
+    def _get(self, ids: list[str]) -> Matrix:
+        raise NotImplementedError
+
     def _search(self, q: Matrix, want: int) -> list[Hit]:
         raise NotImplementedError
 
@@ -309,6 +325,9 @@ class BruteForceIndex(_Index):
                 self._ids[row] = moved
                 self._rows[moved] = row
                 self._vectors[row] = self._vectors[last]
+
+    def _get(self, ids: list[str]) -> Matrix:
+        return self._vectors[[self._rows[id_] for id_ in ids]]
 
     def _search(self, q: Matrix, want: int) -> list[Hit]:
         scores = self._vectors[: len(self._ids)] @ q
@@ -427,6 +446,10 @@ class HnswIndex(_Index):
             if label is not None and label not in self._deleted:  # hnswlib raises on a 2nd delete
                 self._hnsw.mark_deleted(label)
                 self._deleted.add(label)
+
+    def _get(self, ids: list[str]) -> Matrix:
+        labels = [self._labels[id_] for id_ in ids]
+        return np.asarray(self._hnsw.get_items(labels, return_type="numpy"), np.float32)
 
     def _search(self, q: Matrix, want: int) -> list[Hit]:
         hits = self._knn(q, want)

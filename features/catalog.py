@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from features.batch import WriteBatch
 from features.keys import Keys
 from features.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    """What filters, rules and features need to know about an item."""
+
+    category: str | None
+    creator: str | None
+    created_at_ms: int
+    available: bool
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, str]) -> ItemMeta | None:
+        """The meta of a stored catalog hash; None for an empty (unknown) record."""
+        if not record:
+            return None
+        created = record.get("created_at", "")
+        return cls(
+            category=record.get("category") or None,
+            creator=record.get("creator") or None,
+            created_at_ms=int(created) if created.isdigit() else 0,
+            available=record.get("available", "1") != "0",
+        )
 
 
 class Catalog:
@@ -80,3 +104,8 @@ class Catalog:
         """Whether each item may be shown; items never announced count as available."""
         flags = store.hget_many([self.keys.item(i) for i in item_ids], "available")
         return [flag != "0" for flag in flags]
+
+    def records(self, store: Store, item_ids: Sequence[str]) -> list[ItemMeta | None]:
+        """Each item's catalog meta; None for items never seen."""
+        rows = store.hgetall_many([self.keys.item(i) for i in item_ids])
+        return [ItemMeta.from_record(row) for row in rows]

@@ -109,11 +109,15 @@ class Keys:
         return f"{self._prefix}:ranker"
 
     def impressions(self, user_id: str) -> str:
-        """Hash of request id → a user's served, not yet finalised feed (msgpack)."""
+        """Sorted set of a user's open (not yet finalised) request ids by serve time (ms)."""
         return f"{self._prefix}:imp:{user_id}"
 
+    def impression(self, request_id: str) -> str:
+        """msgpack bytes of one open impression and which of its slots were clicked."""
+        return f"{self._prefix}:imp-rec:{request_id}"
+
     def impressions_due(self, partition: int) -> str:
-        """Sorted set of ``user|request`` by when their attribution window closes (ms), per
+        """Sorted set of request ids by when their attribution window closes (ms), per
         partition of the impressions topic."""
         return f"{self._prefix}:imp-due:{partition}"
 

@@ -75,7 +75,7 @@ class LearningSettings(BaseModel):
     attribution_window_s: float = Field(300.0, gt=0, le=7 * 86400)
     # Interaction types that count as a click (a reward of 1).
     reward_types: list[str] = Field(default_factory=lambda: list(DEFAULT_REWARD_TYPES))
-    # Most open impressions kept per user; older ones are finalised early.
+    # Most open impressions per user that a click without a request id is matched against.
     max_open_impressions: int = Field(50, ge=1, le=10_000)
     # Half-life of the bandit's impression and reward counts, in seconds (follows drift).
     bandit_half_life_s: float = Field(6 * 3600.0, gt=0)

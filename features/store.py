@@ -30,6 +30,10 @@ class Store(Protocol):
         """:meth:`top` of several keys, in one round trip where the backend allows."""
         ...
 
+    def lowest(self, key: str, max_score: float, limit: int) -> list[tuple[str, float]]:
+        """Up to ``limit`` members scored at most ``max_score``, lowest first; ties by member."""
+        ...
+
     def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
         """Each member's score, or None when absent."""
         ...

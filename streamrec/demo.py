@@ -46,7 +46,7 @@ class EmbeddedSystem:
         self.worker = build_worker(
             self.settings,
             self.bus.source(
-                [self.settings.topics.interactions, self.settings.topics.items],
+                self.settings.topics.worker_inputs,
                 self.settings.worker.group_id,
             ),
             self.store,

@@ -18,12 +18,12 @@ from streams.bus import InProcessBus
 from streams.dead_letter import DeadLetterPolicy
 from streams.kafka_io import BrokerProbe, KafkaSource, KafkaTailSource, RawProducer
 from streams.pipelined import PipelinedWorker
-from streams.processors import default_processors
 from streams.producer import EventProducer
 from streams.replica import IndexReplica, SourceFactory
 from streams.runtime import Backoff, Worker
 from streams.schema import EventValidator
 from streams.transport import EventSink, MessageSource, RawSink
+from streams.worker_processors import default_processors
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def build_worker(
         source=source,
         store=store,
         keys=keys,
-        processors=default_processors(keys, settings.features),
+        processors=default_processors(keys, settings.features, settings.learning),
         validator=validator(settings),
         dead_letter=DeadLetterPolicy(dead_letters, settings.topics.dead_letter),
         topics=settings.topics,
@@ -82,7 +82,7 @@ def kafka_worker(settings: Settings, worker_id: str | None = None) -> Worker:
     store = RedisStore(settings.redis_url)
     source = KafkaSource(
         settings.kafka_bootstrap,
-        [settings.topics.interactions, settings.topics.items],
+        settings.topics.worker_inputs,
         settings.worker.group_id,
         settings.kafka_config,
         instance_id=worker_id,

@@ -1,4 +1,5 @@
-"""The embedding of an item event: its own when it carries one, else its content's hash.
+"""What an item event means for state: its embedding (its own when it carries one, else its
+content's hash) and its catalog meta.
 
 The worker (which stores item embeddings for session and user embeddings) and every serving
 replica (which indexes them) call this one function, so they agree on every vector.
@@ -9,8 +10,19 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from features.catalog import ItemMeta
 from features.embeddings import content_embedding
 from streams.schema import Item
+
+
+def item_meta(item: Item) -> ItemMeta:
+    """The catalog meta an item event leaves behind (a delete leaves it unavailable)."""
+    return ItemMeta(
+        category=item.category or None,
+        creator=item.creator or None,
+        created_at_ms=item.created_at if item.created_at is not None else item.ts,
+        available=item.op == "upsert" and item.available,
+    )
 
 
 def item_vector(item: Item, dim: int) -> npt.NDArray[np.float32] | None:

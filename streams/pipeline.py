@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from features.keys import Keys
-from features.settings import FeatureSettings
+from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
 from streams.bus import InProcessBus
 from streams.dead_letter import DeadLetterPolicy
-from streams.processors import Processor, default_processors
+from streams.processors import Processor
 from streams.runtime import Worker
 from streams.schema import Event, EventValidator
 from streams.settings import TopicSettings, WorkerSettings
+from streams.worker_processors import default_processors
 
 
 def run_pipeline(
@@ -22,6 +23,7 @@ def run_pipeline(
     *,
     namespace: str = "sr",
     features: FeatureSettings | None = None,
+    learning: LearningSettings | None = None,
     worker: WorkerSettings | None = None,
     processors: Sequence[Processor] | None = None,
     bus: InProcessBus | None = None,
@@ -51,10 +53,12 @@ def run_pipeline(
             bus.send(event)
     keys = Keys(namespace)
     runner = Worker(
-        source=bus.source([topics.interactions, topics.items], worker_settings.group_id),
+        source=bus.source(topics.worker_inputs, worker_settings.group_id),
         store=store,
         keys=keys,
-        processors=processors if processors is not None else default_processors(keys, features),
+        processors=processors
+        if processors is not None
+        else default_processors(keys, features, learning),
         validator=EventValidator(
             embedding_dim=features.embedding_dim,
             max_payload_bytes=worker_settings.max_payload_bytes,

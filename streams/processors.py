@@ -9,7 +9,7 @@ runtime commits atomically with the partition offsets.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol, TypeVar
@@ -32,7 +32,7 @@ from features.settings import FeatureSettings
 from features.store import Store
 from features.trending import Counted, Trending
 from streams.item_vectors import item_vector
-from streams.schema import Interaction, Item
+from streams.schema import Impression, Interaction, Item
 from streams.state_cache import StateCache
 
 T = TypeVar("T")
@@ -44,9 +44,14 @@ class EventBatch:
 
     interactions: list[Interaction] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
+    #: Served feeds with the impressions partition each came from.
+    impressions: list[tuple[int, Impression]] = field(default_factory=list)
+    #: Event time (ms) reached by each impressions partition of the batch: feeds whose
+    #: attribution window closed before it are final.
+    impression_clocks: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.interactions) + len(self.items)
+        return len(self.interactions) + len(self.items) + len(self.impressions)
 
 
 class BatchReads:
@@ -401,25 +406,3 @@ class EmbeddingProcessor:
             half_life_s=half_life_s,
             session_gap_s=gap_s,
         )
-
-
-def default_processors(keys: Keys, settings: FeatureSettings) -> Sequence[Processor]:
-    """The processors every worker runs, in order."""
-    seen = SeenSet(keys, max_items=settings.seen_max_items, ttl_s=settings.seen_ttl_s)
-    return (
-        CatalogProcessor(Catalog(keys)),
-        TrendingProcessor(Trending(keys, settings.half_lives_s, settings.event_weights)),
-        CovisitationProcessor(
-            Covisitation(
-                keys,
-                half_life_s=settings.covisitation_half_life_s,
-                window=settings.covisitation_window,
-                max_gap_s=settings.covisitation_max_gap_s,
-                max_neighbours=settings.covisitation_neighbours,
-                symmetric=settings.covisitation_symmetric,
-            ),
-            seen,
-        ),
-        SeenProcessor(seen),
-        EmbeddingProcessor(keys, settings),
-    )

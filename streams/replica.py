@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from features.ann import AnnIndex, HnswIndex
+from features.catalog import ItemMeta
 from features.errors import InvalidEventError
-from streams.item_vectors import item_vector
+from streams.item_vectors import item_meta, item_vector
 from streams.schema import EventValidator, Item
 from streams.transport import MessageSource, RawMessage
 
@@ -58,6 +59,8 @@ class IndexReplica:
         self.poll_timeout_s = poll_timeout_s
         self.index: AnnIndex = self.index_factory()
         self.offsets: dict[int, int] = {}  # partition -> last applied offset
+        # The catalog as the items topic tells it: filters read it without a store round trip.
+        self.catalog: dict[str, ItemMeta] = {}
         self.ready = threading.Event()
         self.applied = 0
         self.skipped = 0
@@ -90,6 +93,10 @@ class IndexReplica:
             return
         self.index = index
         self.offsets = {int(p): int(o) for p, o in meta.get("offsets", {}).items()}
+        self.catalog = {
+            i: ItemMeta(row[0], row[1], int(row[2]), bool(row[3]))
+            for i, row in meta.get("catalog", {}).items()
+        }
         self.restored_from = str(self.snapshot_dir)
         log.info("index replica restored %d items from its snapshot", len(index))
 
@@ -126,6 +133,7 @@ class IndexReplica:
         upserts: dict[str, np.ndarray] = {}
         removals: list[str] = []
         for item_id, item in latest.items():
+            self.catalog[item_id] = item_meta(item)
             vector = item_vector(item, self.dim) if item.op == "upsert" else None
             if item.op == "upsert" and item.available and vector is not None:
                 upserts[item_id] = vector
@@ -142,7 +150,14 @@ class IndexReplica:
         self._last_snapshot = time.monotonic()
         if self.snapshot_dir is None:
             return
-        meta = {"topic": self.topic, "offsets": {str(p): o for p, o in self.offsets.items()}}
+        meta = {
+            "topic": self.topic,
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "catalog": {
+                i: [m.category, m.creator, m.created_at_ms, m.available]
+                for i, m in self.catalog.items()
+            },
+        }
         self.index.save(self.snapshot_dir, meta)
 
     def status(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from features.keys import Keys
 from features.store import Store
 from streams.dead_letter import DeadLetterPolicy
 from streams.processors import BatchReads, EventBatch, Processor
-from streams.schema import EventValidator, Interaction, Item
+from streams.schema import EventValidator, Impression, Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
 from streams.transport import MessageSource, RawMessage, TopicPartition
 
@@ -108,7 +108,11 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock or time.time
         self.stats = WorkerStats()
-        self._kinds: dict[str, type[Any]] = {topics.interactions: Interaction, topics.items: Item}
+        self._kinds: dict[str, type[Any]] = {
+            topics.interactions: Interaction,
+            topics.items: Item,
+            topics.impressions: Impression,
+        }
         self._last_heartbeat = 0.0
         self._store_down = False
 
@@ -191,6 +195,9 @@ class Worker:
                 continue
             if not self._decode_into(events, msg, now_ms, watermarks):
                 rejected.add((tp, msg.offset))
+        for topic, partition in {(m.topic, m.partition) for m in messages}:
+            if topic == self.topics.impressions and (topic, partition) in watermarks:
+                events.impression_clocks[partition] = watermarks[(topic, partition)]
         return events
 
     def _compute_and_commit(
@@ -247,7 +254,7 @@ class Worker:
         except InvalidEventError as exc:
             self._reject(msg, str(exc))
             return False
-        if kind is Interaction:
+        if kind is not Item:
             tp = (msg.topic, msg.partition)
             mark = watermarks.get(tp)
             lateness = self.settings.allowed_lateness_ms
@@ -259,7 +266,10 @@ class Worker:
                 )
                 return False
             watermarks[tp] = event.ts if mark is None else max(mark, event.ts)
-            events.interactions.append(event)
+            if kind is Interaction:
+                events.interactions.append(event)
+            else:
+                events.impressions.append((msg.partition, event))
         else:
             events.items.append(event)
         return True

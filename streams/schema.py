@@ -73,6 +73,9 @@ class ImpressionSlot(msgspec.Struct, kw_only=True, frozen=True):
     source: ShortText
     score: float
     propensity: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    # The ranker's inputs as served, aligned with the impression's ``feature_names``: the
+    # worker learns from exactly what the server saw.
+    features: Annotated[list[float], msgspec.Meta(max_length=256)] | None = None
 
 
 class Impression(msgspec.Struct, kw_only=True, frozen=True):
@@ -84,6 +87,13 @@ class Impression(msgspec.Struct, kw_only=True, frozen=True):
     policy: ShortText
     slots: Annotated[list[ImpressionSlot], msgspec.Meta(max_length=10_000)]
     schema_version: Version = SCHEMA_VERSION
+    # Version of the ordering policy and ranker weights that served the feed.
+    policy_version: ShortText | None = None
+    # Context segment the bandit used (e.g. "new|mobile").
+    segment: ShortText | None = None
+    # How the slots' propensities were computed (e.g. "monte-carlo:256").
+    propensity_method: ShortText | None = None
+    feature_names: Annotated[list[ShortText], msgspec.Meta(max_length=256)] | None = None
 
 
 Event: TypeAlias = Interaction | Item | Impression
@@ -144,9 +154,26 @@ class EventValidator:
         if isinstance(event, Item) and event.embedding is not None:
             _check_embedding(event.embedding, self.embedding_dim)
         if isinstance(event, Impression):
-            for i, slot in enumerate(event.slots):
-                if not math.isfinite(slot.score):
-                    raise InvalidEventError(f"score is not finite - at `$.slots[{i}].score`")
+            _check_impression(event)
+
+
+def _check_impression(event: Impression) -> None:
+    names = event.feature_names
+    for i, slot in enumerate(event.slots):
+        if not math.isfinite(slot.score):
+            raise InvalidEventError(f"score is not finite - at `$.slots[{i}].score`")
+        if slot.features is None:
+            continue
+        if names is None or len(slot.features) != len(names):
+            expected = "no features (feature_names is absent)" if names is None else len(names)
+            raise InvalidEventError(
+                f"{len(slot.features)} features, expected {expected} - at `$.slots[{i}].features`"
+            )
+        for j, value in enumerate(slot.features):
+            if not math.isfinite(value):
+                raise InvalidEventError(
+                    f"feature value is {value} - at `$.slots[{i}].features[{j}]`"
+                )
 
 
 def _check_embedding(values: Sequence[float], dim: int) -> None:

@@ -21,6 +21,13 @@ class TopicSettings(BaseModel):
     # Replication factor of each topic at creation (1 for a single local broker).
     replication: int = Field(1, ge=1, le=16)
 
+    @property
+    def worker_inputs(self) -> list[str]:
+        """The topics a worker consumes. Interactions and impressions are both keyed by user
+        and have the same partition count, so a user's clicks and feeds share a partition
+        number."""
+        return [self.interactions, self.items, self.impressions]
+
 
 class WorkerSettings(BaseModel):
     """How the worker consumes and applies events."""

@@ -136,6 +136,15 @@ class InMemoryStore:
                 return []
             return sorted(zset.items(), key=_rank_key, reverse=True)[:k]
 
+    def lowest(self, key: str, max_score: float, limit: int) -> list[tuple[str, float]]:
+        """Members scored at most ``max_score``, ordered as ZRANGEBYSCORE orders them."""
+        with self._lock:
+            zset = self._live_zset(key)
+            if not zset or limit <= 0:
+                return []
+            rows = sorted(((m, s) for m, s in zset.items() if s <= max_score), key=_rank_key)
+            return rows[:limit]
+
     def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
         """:meth:`top` of several keys."""
         return [self.top(key, k) for key in keys]

@@ -71,6 +71,18 @@ class RedisStore:
         )
         return [(m.decode(), float(s)) for m, s in rows]
 
+    def lowest(self, key: str, max_score: float, limit: int) -> list[tuple[str, float]]:
+        """ZRANGEBYSCORE key -inf max WITHSCORES LIMIT 0 limit."""
+        if limit <= 0:
+            return []
+        rows: list[tuple[bytes, float]] = self._call(
+            "lowest",
+            lambda: self._client.zrangebyscore(
+                key, "-inf", max_score, start=0, num=limit, withscores=True
+            ),
+        )
+        return [(m.decode(), float(s)) for m, s in rows]
+
     def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
         """ZREVRANGE … WITHSCORES of several keys in one script call."""
         if not keys or k <= 0:

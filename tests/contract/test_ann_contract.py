@@ -80,6 +80,15 @@ def test_remove_hides_an_item_and_upsert_brings_it_back(index: AnnIndex) -> None
     assert ids(index.query(E[3], k=1)) == ["a"]
 
 
+def test_vectors_are_the_unit_vectors_of_live_ids(index: AnnIndex) -> None:
+    index.upsert(["a", "b"], [[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
+    index.remove(["b"])
+    rows = index.vectors(["b", "a", "nope"])
+    assert rows.shape == (3, DIM)
+    assert rows[1].tolist() == pytest.approx([0.6, 0.8, 0.0, 0.0], abs=1e-6)
+    assert not rows[0].any() and not rows[2].any()
+
+
 def test_exclude_skips_ids_and_still_fills_k(index: AnnIndex) -> None:
     assert ids(index.query(E[0], k=2, exclude={"a"})) == ["b", "c"]
     assert ids(index.query(E[0], k=2, exclude=["a", "b", "unknown"])) == ["c", "d"]

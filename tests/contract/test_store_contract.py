@@ -160,6 +160,15 @@ def test_top_many_and_dump(store: Store, keys: Keys) -> None:
     }
 
 
+def test_lowest_reads_due_members_in_score_order(store: Store, keys: Keys) -> None:
+    due = keys.impressions_due(0)
+    commit(store, lambda b: b.zadd(due, {"c": 30.0, "a": 10.0, "b": 10.0, "d": 40.0}))
+    assert store.lowest(due, 30.0, 10) == [("a", 10.0), ("b", 10.0), ("c", 30.0)]
+    assert store.lowest(due, 30.0, 2) == [("a", 10.0), ("b", 10.0)]
+    assert store.lowest(due, 5.0, 10) == []
+    assert store.lowest(keys.impressions_due(9), 100.0, 10) == []
+
+
 def test_set_bytes_with_a_ttl(store: Store, keys: Keys) -> None:
     k = keys.session_embedding("u")
     commit(store, lambda b: b.set_bytes(k, b"\x01", ttl_s=100))

@@ -22,7 +22,7 @@ class System:
         self.settings = Settings()
         self.bus = InProcessBus(partitions=2, topics=self.settings.topics)
         self.store = InMemoryStore()
-        topics = [self.settings.topics.interactions, self.settings.topics.items]
+        topics = self.settings.topics.worker_inputs
         self.worker: Worker = build_worker(
             self.settings, self.bus.source(topics, "g"), self.store, self.bus
         )

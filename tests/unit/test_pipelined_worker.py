@@ -16,10 +16,10 @@ from streams.bus import InProcessBus
 from streams.dead_letter import DeadLetterPolicy
 from streams.pipeline import run_pipeline
 from streams.pipelined import PipelinedWorker
-from streams.processors import default_processors
 from streams.schema import EventValidator
 from streams.settings import TopicSettings, WorkerSettings
 from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.worker_processors import default_processors
 from tests.state import assert_same_state, readable_state
 
 NOW = 1_800_000_000_000
@@ -56,7 +56,7 @@ def make_worker(
 ) -> PipelinedWorker:
     topics, keys = bus.topics, Keys("sr")
     return PipelinedWorker(
-        source=bus.source([topics.interactions, topics.items], settings.group_id),
+        source=bus.source(topics.worker_inputs, settings.group_id),
         store=store,
         keys=keys,
         processors=default_processors(keys, FEATURES),
