@@ -10,9 +10,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from serving.feed import FeedService
+from serving.funnel.funnel import Funnel
+from serving.metrics import FeedMetrics
 from serving.resources import Resources
 from serving.responses import JSONBytes
-from serving.routes import events, feed, health
+from serving.routes import catalog, events, feed, health, metrics
 from serving.settings import ServingSettings
 from streams.schema import schema_components
 
@@ -24,10 +26,12 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = build_resources()
         app.state.resources = resources
-        app.state.feed_service = FeedService(resources)
+        funnel = Funnel(resources.live, resources.funnel, resources.learning)
+        app.state.feed_service = FeedService(funnel, resources.sink, app.state.metrics)
         try:
             yield
         finally:
+            funnel.close()
             resources.close()
 
     app = FastAPI(
@@ -38,7 +42,8 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
         default_response_class=JSONBytes,
     )
     app.state.settings = settings
-    for router in (feed.router, events.router, health.router):
+    app.state.metrics = FeedMetrics()
+    for router in (feed.router, catalog.router, events.router, health.router, metrics.router):
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:

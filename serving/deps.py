@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from serving.feed import FeedService
+from serving.metrics import FeedMetrics
 from serving.resources import Resources
 from serving.settings import ServingSettings
 
@@ -21,6 +22,11 @@ def _feed_service(request: Request) -> FeedService:
     return service
 
 
+def _metrics(request: Request) -> FeedMetrics:
+    metrics: FeedMetrics = request.app.state.metrics
+    return metrics
+
+
 def _settings(request: Request) -> ServingSettings:
     settings: ServingSettings = request.app.state.settings
     return settings
@@ -29,3 +35,4 @@ def _settings(request: Request) -> ServingSettings:
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 FeedServiceDep = Annotated[FeedService, Depends(_feed_service)]
 SettingsDep = Annotated[ServingSettings, Depends(_settings)]
+MetricsDep = Annotated[FeedMetrics, Depends(_metrics)]

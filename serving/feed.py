@@ -1,84 +1,110 @@
-"""The feed service: for now, decayed-popular items the user has not seen and may be shown.
+"""The feed service: runs the funnel, logs the impression, records metrics.
 
-Later issues grow this into the four-stage funnel; the HTTP layer only calls :meth:`feed`.
+The HTTP layer only calls :meth:`FeedService.feed` and :meth:`FeedService.similar`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from typing import Any
 
-from features.errors import StoreUnavailableError
-from serving.resources import Resources
+from features.errors import StreamrecError
+from serving.funnel.context import FeedRequest
+from serving.funnel.funnel import POLICY, FeedResult, Funnel
+from serving.metrics import FeedMetrics
+from streams.schema import Impression, ImpressionSlot
+from streams.transport import EventSink
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class FeedItem:
-    """One slot of a served feed."""
-
-    item_id: str
-    score: float
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
-class Feed:
-    """A served feed; ``degraded`` when it came from the last good data, not live state."""
-
-    user_id: str
-    items: list[FeedItem]
-    degraded: bool = False
+def impression_of(result: FeedResult, method: str) -> Impression:
+    """The impression event of a served feed: per slot the item, source, position, score,
+    propensity and the ranker's inputs."""
+    return Impression(
+        request_id=result.request.request_id,
+        user_id=result.request.user_id,
+        ts=int(result.request.now_s * 1000),
+        policy=POLICY,
+        policy_version=result.policy_version,
+        segment=result.segment,
+        propensity_method=method,
+        feature_names=result.feature_names or None,
+        slots=[
+            ImpressionSlot(
+                item_id=slot.candidate.item_id,
+                position=position,
+                source=slot.source,
+                score=slot.candidate.score,
+                propensity=min(max(slot.propensity, 0.0), 1.0),
+                features=(
+                    [float(v) for v in slot.candidate.features]
+                    if slot.candidate.features is not None and result.feature_names
+                    else None
+                ),
+            )
+            for position, slot in enumerate(result.slots)
+        ],
+    )
 
 
 class FeedService:
-    """Builds feeds from live state, falling back to the last good popular list."""
+    """Serves feeds and similar items, logging every served feed as an impression."""
 
-    #: Candidates fetched beyond k, so that seen and unavailable items can be dropped.
-    OVERFETCH = 50
+    def __init__(self, funnel: Funnel, sink: EventSink, metrics: FeedMetrics) -> None:
+        self.funnel = funnel
+        self.sink = sink
+        self.metrics = metrics
+        self._warned = threading.Event()
 
-    def __init__(self, resources: Resources) -> None:
-        self.r = resources
-        self.half_life_s = resources.features.half_lives_s[0]
-        self._last_good: list[tuple[str, float]] = []
-        self._lock = threading.Lock()
-        self._degraded = False
+    def feed(self, request: FeedRequest) -> FeedResult:
+        """The user's feed; its impression is queued without waiting for delivery."""
+        started = time.perf_counter()
+        result = self.funnel.feed(request)
+        if result.slots and not result.degraded:
+            self._log(result)
+        self.metrics.observe_feed(result, time.perf_counter() - started)
+        return result
 
-    def feed(self, user_id: str, k: int, now_s: float) -> Feed:
-        """The top ``k`` decayed-popular items ``user_id`` has not seen."""
+    def similar(self, request: FeedRequest) -> FeedResult:
+        """Items like ``request.item_id``."""
+        return self.funnel.similar_items(request)
+
+    def _log(self, result: FeedResult) -> None:
         try:
-            items = self._live(user_id, k, now_s)
-        except StoreUnavailableError as exc:
-            with self._lock:
-                if not self._degraded:
-                    log.warning("serving degraded feeds from the last good data: %s", exc)
-                self._degraded = True
-                fallback = self._last_good[:k]
-            return Feed(user_id, [FeedItem(i, s, "popular") for i, s in fallback], degraded=True)
-        if self._degraded:
-            with self._lock:
-                self._degraded = False
-            log.info("live state reachable again; feeds are live")
-        return Feed(user_id, items)
+            # The producer queues and returns; delivery happens on its own thread.
+            self.sink.send(impression_of(result, self.funnel.propensity_method))
+        except (StreamrecError, BufferError) as exc:
+            # The feed is still worth serving; the bandit only misses this one impression.
+            self.metrics.impressions_dropped.inc()
+            if not self._warned.is_set():
+                self._warned.set()
+                log.warning("impressions are being dropped: %s", exc)
 
-    def _live(self, user_id: str, k: int, now_s: float) -> list[FeedItem]:
-        fetch = k + self.OVERFETCH
-        while True:
-            ranked = self.r.trending.top(self.r.store, self.half_life_s, fetch, now_s)
-            if fetch == k + self.OVERFETCH:
-                with self._lock:
-                    self._last_good = ranked
-            ids = [item for item, _ in ranked]
-            seen = self.r.seen.mask(self.r.store, user_id, ids)
-            available = self.r.catalog.available_mask(self.r.store, ids)
-            kept = [
-                FeedItem(item, score, "popular")
-                for (item, score), was_seen, ok in zip(ranked, seen, available, strict=True)
-                if ok and not was_seen
-            ]
-            # Stop once there are enough, or the store has no more candidates to give.
-            if len(kept) >= k or len(ranked) < fetch:
-                return kept[:k]
-            fetch *= 4
+
+def feed_json(result: FeedResult, debug: bool) -> dict[str, Any]:
+    """The response body of a feed."""
+    body: dict[str, Any] = {
+        "user_id": result.request.user_id,
+        "request_id": result.request.request_id,
+        "degraded": result.degraded,
+        "segment": result.segment,
+        "policy_version": result.policy_version,
+        "items": [
+            {
+                "item_id": slot.candidate.item_id,
+                "score": slot.candidate.score,
+                "source": slot.source,
+                "sources": sorted(slot.candidate.sources),
+                "propensity": slot.propensity,
+                "category": slot.candidate.meta.category if slot.candidate.meta else None,
+                "creator": slot.candidate.meta.creator if slot.candidate.meta else None,
+            }
+            for slot in result.slots
+        ],
+    }
+    if debug:
+        body["trace"] = result.trace.as_dict()
+    return body

@@ -1,16 +1,16 @@
-"""What a serving process holds: the store, the event sink and the readers built on them."""
+"""What a serving process holds: the store, the event sink, the replica and the funnel's
+live-state reader built on them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from features.catalog import Catalog
 from features.keys import Keys
-from features.seen import SeenSet
-from features.settings import FeatureSettings
+from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
-from features.trending import Trending
+from serving.funnel.live import LiveReader
+from serving.funnel.settings import FunnelSettings
 from streams.replica import IndexReplica
 from streams.schema import EventValidator
 from streams.transport import EventSink
@@ -30,17 +30,23 @@ class Resources:
     validator: EventValidator
     transport_probe: TransportProbe
     replica: IndexReplica | None = None
-    trending: Trending = field(init=False)
-    seen: SeenSet = field(init=False)
-    catalog: Catalog = field(init=False)
+    learning: LearningSettings = field(default_factory=LearningSettings)
+    funnel: FunnelSettings = field(default_factory=FunnelSettings)
+    live: LiveReader = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.trending = Trending(self.keys, self.features.half_lives_s, self.features.event_weights)
-        self.seen = SeenSet(
-            self.keys, max_items=self.features.seen_max_items, ttl_s=self.features.seen_ttl_s
+        replica = self.replica
+        self.live = LiveReader(
+            self.store,
+            self.keys,
+            self.features,
+            self.learning,
+            index=lambda: replica.index if replica is not None else None,
+            catalog_view=lambda: replica.catalog if replica is not None else None,
+            lists_ttl_s=self.funnel.live_lists_ttl_s,
+            model_reload_s=self.funnel.model_reload_s,
         )
-        self.catalog = Catalog(self.keys)
 
     def close(self) -> None:
         """Run the close hooks, newest first."""

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from features.settings import FeatureSettings, LearningSettings
+from serving.funnel.settings import FunnelSettings
 from serving.settings import ServingSettings
 from streams.settings import TopicSettings, WorkerSettings
 
@@ -66,6 +67,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    funnel: FunnelSettings = Field(default_factory=FunnelSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
 
     @classmethod

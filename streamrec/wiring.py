@@ -144,6 +144,8 @@ def _started(
         validator=validator(settings),
         transport_probe=probe,
         replica=replica,
+        learning=settings.learning,
+        funnel=settings.funnel,
     )
     resources.on_close.extend([*closers, replica.stop])
     replica.start()

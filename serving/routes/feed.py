@@ -1,37 +1,78 @@
-"""GET /feed/{user_id}."""
+"""GET /feed/{user_id} and GET /similar/{item_id}."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 
 from serving.deps import FeedServiceDep, SettingsDep
+from serving.feed import feed_json
+from serving.funnel.context import FeedRequest
 from serving.responses import JSONBytes, error
 
 router = APIRouter(tags=["feed"])
 
+IdPath = Annotated[str, Path(min_length=1, max_length=256)]
+Name = Annotated[str, Query(min_length=1, max_length=256)]
+
 
 @router.get("/feed/{user_id}", response_class=JSONBytes)
 def get_feed(
-    request: Request,
-    user_id: Annotated[str, Path(min_length=1, max_length=256)],
+    user_id: IdPath,
     service: FeedServiceDep,
     settings: SettingsDep,
     k: Annotated[int | None, Query(ge=1, description="Feed length")] = None,
+    device: Annotated[str | None, Query(max_length=64, description="Client device")] = None,
+    category: Annotated[
+        list[Name] | None, Query(max_length=50, description="Only these categories")
+    ] = None,
+    exclude_category: Annotated[
+        list[Name] | None, Query(max_length=50, description="Never these categories")
+    ] = None,
+    request_id: Annotated[
+        str | None,
+        Query(min_length=1, max_length=256, description="Id to log (default: a new one)"),
+    ] = None,
+    debug: Annotated[bool, Query(description="Include the per-stage trace")] = False,
 ) -> JSONBytes:
-    """The user's feed: the top decayed-popular items they have not seen yet."""
+    """The user's feed through retrieval, filtering, scoring and bandit ordering.
+
+    Clicks on its items should carry the returned ``request_id`` back in ``POST /events``.
+    """
     size = k or settings.default_k
     if size > settings.max_k:
         return error(422, ["query", "k"], f"k must be <= {settings.max_k}")
-    feed = service.feed(user_id, size, now_s=time.time())
-    return JSONBytes(
-        {
-            "user_id": feed.user_id,
-            "degraded": feed.degraded,
-            "items": [
-                {"item_id": i.item_id, "score": i.score, "source": i.source} for i in feed.items
-            ],
-        }
+    request = FeedRequest(
+        user_id=user_id,
+        k=size,
+        now_s=time.time(),
+        request_id=request_id or uuid.uuid4().hex,
+        device=device,
+        categories=frozenset(category or ()),
+        exclude_categories=frozenset(exclude_category or ()),
     )
+    return JSONBytes(feed_json(service.feed(request), debug))
+
+
+@router.get("/similar/{item_id}", response_class=JSONBytes)
+def get_similar(
+    item_id: IdPath,
+    service: FeedServiceDep,
+    settings: SettingsDep,
+    k: Annotated[int | None, Query(ge=1, description="How many items")] = None,
+    debug: Annotated[bool, Query(description="Include the trace")] = False,
+) -> JSONBytes:
+    """Items like ``item_id``: its embedding neighbours and what users went on to next."""
+    size = k or settings.default_k
+    if size > settings.max_k:
+        return error(422, ["query", "k"], f"k must be <= {settings.max_k}")
+    request = FeedRequest(
+        user_id="", k=size, now_s=time.time(), request_id=uuid.uuid4().hex, item_id=item_id
+    )
+    body = feed_json(service.similar(request), debug)
+    body.pop("user_id")
+    body["item_id"] = item_id
+    return JSONBytes(body)

@@ -1,0 +1,239 @@
+"""The four-stage feed: retrieval → filtering → scoring → ordering, with a trace.
+
+Sources run concurrently, each within its own time budget: a source that is late is left
+out of this feed (and the trace says so) rather than holding it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.bandit import propensity_method
+from features.errors import StoreUnavailableError
+from features.settings import LearningSettings
+from serving.funnel.context import (
+    Candidate,
+    FeedContext,
+    FeedRequest,
+    Stopwatch,
+    Trace,
+    interests,
+    request_rng,
+    segment_of,
+)
+from serving.funnel.filters import post_filters, pre_filters
+from serving.funnel.live import LiveReader, Ranked, UserState
+from serving.funnel.ordering import SlateBuilder, Slot
+from serving.funnel.scoring import Scorer
+from serving.funnel.settings import FunnelSettings
+from serving.funnel.sources import SOURCES, CandidateSource
+
+log = logging.getLogger(__name__)
+
+POLICY = "thompson-sources"
+
+
+@dataclass
+class FeedResult:
+    """A served feed, with what the impression log and the trace need."""
+
+    request: FeedRequest
+    slots: list[Slot]
+    trace: Trace
+    segment: str
+    policy_version: str
+    feature_names: list[str]
+    degraded: bool = False
+
+
+class Funnel:
+    """Serves feeds from live state."""
+
+    def __init__(
+        self, live: LiveReader, settings: FunnelSettings, learning: LearningSettings
+    ) -> None:
+        self.live = live
+        self.settings = settings
+        self.learning = learning
+        unknown = sorted(set(settings.sources) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown candidate sources in funnel.sources: {unknown}")
+        self.sources: dict[str, CandidateSource] = {
+            name: SOURCES[name](live, settings)
+            for name, cfg in settings.sources.items()
+            if cfg.enabled
+        }
+        self.similar = SOURCES["similar_item"](live, settings)
+        self.scorer = Scorer(live, list(self.sources), learning.ranker_min_examples)
+        self.slates = SlateBuilder(
+            settings, draws=learning.bandit_draws, floor=learning.bandit_floor
+        )
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="source")
+
+    def close(self) -> None:
+        """Stop the source threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def feed(self, request: FeedRequest) -> FeedResult:
+        """The user's feed; degraded (last good trending) when live state is unreachable."""
+        try:
+            return self._feed(request)
+        except StoreUnavailableError as exc:
+            log.warning("feed for %s from the last good data: %s", request.user_id, exc)
+            return self._degraded(request)
+
+    def similar_items(self, request: FeedRequest) -> FeedResult:
+        """Items like ``request.item_id``, filtered for availability, best first."""
+        trace = Trace()
+        watch = Stopwatch(trace)
+        user = UserState(None, None, [])
+        ctx = FeedContext(
+            request, user, "similar", request_rng(self.settings.seed, request.request_id), trace
+        )
+        ranked = self.similar.candidates(ctx, request.k * 3)
+        watch.lap("retrieval")
+        candidates = self._candidates({"similar_item": ranked})
+        for f in pre_filters():
+            candidates = f.apply(ctx, candidates)
+        watch.lap("filtering")
+        slots = [Slot(c, "similar_item", 1.0) for c in candidates[: request.k]]
+        for slot in slots:
+            slot.candidate.score = slot.candidate.sources["similar_item"]
+        return FeedResult(request, slots, trace, "similar", "similar", [])
+
+    def _feed(self, request: FeedRequest) -> FeedResult:
+        trace = Trace()
+        watch = Stopwatch(trace)
+        settings = self.settings
+        user = self.live.user_state(request.user_id, settings.recent_items, request.now_s)
+        recent_metas = self.live.metas([i for i, _ in user.recent])
+        ctx = FeedContext(
+            request,
+            user,
+            segment_of(user, request.device, settings.devices),
+            request_rng(settings.seed, request.request_id),
+            trace,
+        )
+        ctx.interests, ctx.interest_shares = interests(user.recent, recent_metas)
+        watch.lap("user_state")
+
+        by_source = self._retrieve(ctx)
+        candidates = self._candidates(by_source)
+        trace.removed["duplicates"] = sum(len(r) for r in by_source.values()) - len(candidates)
+        watch.lap("retrieval")
+
+        for f in pre_filters():
+            candidates = f.apply(ctx, candidates)
+        ids = [c.item_id for c in candidates]
+        pinned_ids = [p.item_id for p in settings.pinned]
+        seen, negative = self.live.seen_and_negative(request.user_id, ids + pinned_ids)
+        seen_set = {i for i, s in zip(ids + pinned_ids, seen, strict=True) if s}
+        negative_set = {i for i, s in zip(ids + pinned_ids, negative, strict=True) if s}
+        posts = post_filters(settings, seen_set, negative_set)
+        for f in posts:
+            candidates = f.apply(ctx, candidates)
+        pinned = self._pinned(ctx, pinned_ids, seen_set | negative_set)
+        watch.lap("filtering")
+
+        self.scorer.score(ctx, candidates)
+        watch.lap("scoring")
+
+        slots = self.slates.build(
+            ctx,
+            candidates,
+            request.k,
+            self.live.posteriors(ctx.segment, request.now_s),
+            self.live.bandit.prior,
+            self.live.index,
+            pinned,
+        )
+        watch.lap("ordering")
+        trace.stages_ms["total"] = sum(trace.stages_ms.values())
+        return FeedResult(
+            request,
+            slots,
+            trace,
+            ctx.segment,
+            f"{POLICY}/{self.scorer.version}",
+            self.scorer.columns,
+        )
+
+    def _retrieve(self, ctx: FeedContext) -> dict[str, Ranked]:
+        """Every enabled source, concurrently, each cut off at its budget."""
+        started = time.perf_counter()
+        futures: dict[str, Future[Ranked]] = {}
+        timings: dict[str, float] = {}
+
+        def run(source: CandidateSource, k: int) -> Ranked:
+            t0 = time.perf_counter()
+            try:
+                return source.candidates(ctx, k)
+            finally:
+                timings[source.name] = (time.perf_counter() - t0) * 1000.0
+
+        for name, source in self.sources.items():
+            futures[name] = self._pool.submit(run, source, self.settings.sources[name].k)
+        out: dict[str, Ranked] = {}
+        for name, future in futures.items():
+            budget_s = self.settings.sources[name].budget_ms / 1000.0
+            remaining = budget_s - (time.perf_counter() - started)
+            info: dict[str, object]
+            try:
+                out[name] = future.result(timeout=max(remaining, 0.0))
+                info = {"candidates": len(out[name])}
+            except FutureTimeout:
+                info = {"candidates": 0, "timed_out": True}
+            except StoreUnavailableError:
+                raise
+            except Exception:  # noqa: BLE001 - one broken source must not break the feed
+                log.exception("candidate source %s failed", name)
+                info = {"candidates": 0, "error": True}
+            info["ms"] = round(timings.get(name, budget_s * 1000.0), 3)
+            ctx.trace.sources[name] = info
+        return out
+
+    def _candidates(self, by_source: dict[str, Ranked]) -> list[Candidate]:
+        """One candidate per item, remembering every source that proposed it."""
+        merged: dict[str, Candidate] = {}
+        for name in sorted(by_source):
+            for item, score in by_source[name]:
+                candidate = merged.get(item)
+                if candidate is None:
+                    candidate = merged[item] = Candidate(item)
+                candidate.sources[name] = score
+        metas = self.live.metas(list(merged))
+        for candidate, meta in zip(merged.values(), metas, strict=True):
+            candidate.meta = meta
+        return list(merged.values())
+
+    def _pinned(self, ctx: FeedContext, ids: list[str], hidden: set[str]) -> dict[str, Candidate]:
+        """Pinned items that pass the filters (pinning never shows a deleted item)."""
+        if not ids:
+            return {}
+        pinned = [
+            Candidate(i, {"pinned": 1.0}, meta)
+            for i, meta in zip(ids, self.live.metas(ids), strict=True)
+        ]
+        kept = [
+            c for c in pinned if c.item_id not in hidden and (c.meta is None or c.meta.available)
+        ]
+        for c in kept:
+            c.features = np.zeros(len(self.scorer.columns), np.float32)
+        return {c.item_id: c for c in kept}
+
+    def _degraded(self, request: FeedRequest) -> FeedResult:
+        trace = Trace()
+        ranked = self.live.last_good(request.k)
+        slots = [Slot(Candidate(i, {"trending": s}, score=s), "trending", 1.0) for i, s in ranked]
+        return FeedResult(request, slots, trace, "degraded", f"{POLICY}/degraded", [], True)
+
+    @property
+    def propensity_method(self) -> str:
+        """How slot propensities are computed, for the impression log."""
+        return propensity_method(self.learning.bandit_draws)

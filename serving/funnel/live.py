@@ -1,0 +1,242 @@
+"""Every read the funnel makes of live state, in a handful of batched calls per request.
+
+Global lists (trending, popular, fresh, bandit posteriors) are the same for every user and
+change by the second, so they are reused for ``live_lists_ttl_s``; the last good copy also
+answers degraded feeds when the store is down. Item metadata comes from the serving
+replica's catalog (kept from the items topic), so filters cost no round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from features.ann import AnnIndex
+from features.bandit import Posterior, SourceBandit
+from features.catalog import Catalog, ItemMeta
+from features.decay import decay_rate, read_factor
+from features.embeddings import EmbeddingState, Vector, vector
+from features.errors import StoreUnavailableError
+from features.keys import GLOBAL, Keys
+from features.ranker import RankerStore, RankerWeights
+from features.settings import FeatureSettings, LearningSettings
+from features.store import Store
+from features.trending import Trending
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Ranked = list[tuple[str, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What the funnel knows about one user at request time."""
+
+    session: Vector | None
+    long_term: Vector | None
+    recent: list[tuple[str, float]]  # (item, event time ms), newest first
+
+    @property
+    def is_new(self) -> bool:
+        """No history at all: the cold-start segment."""
+        return not self.recent and self.long_term is None
+
+
+class _Timed:
+    """A value computed at most once per ``ttl_s``, keeping the last good one on failure."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[object, tuple[float, object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: object, compute: Callable[[], T], *, stale_ok: bool) -> T:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._values.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]  # type: ignore[return-value]
+        try:
+            value = compute()
+        except StoreUnavailableError:
+            if stale_ok and hit is not None:
+                return hit[1]  # type: ignore[return-value]
+            raise
+        with self._lock:
+            self._values[key] = (now, value)
+        return value
+
+    def last(self, key: object) -> object | None:
+        with self._lock:
+            hit = self._values.get(key)
+        return None if hit is None else hit[1]
+
+
+class LiveReader:
+    """Reads of the live state for one serving process."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        features: FeatureSettings,
+        learning: LearningSettings,
+        *,
+        index: Callable[[], AnnIndex | None],
+        catalog_view: Callable[[], dict[str, ItemMeta] | None],
+        lists_ttl_s: float = 1.0,
+        model_reload_s: float = 5.0,
+    ) -> None:
+        self.store, self.keys, self.features = store, keys, features
+        self.trending = Trending(keys, features.half_lives_s, features.event_weights)
+        self.catalog = Catalog(keys)
+        self.bandit = SourceBandit(
+            keys,
+            half_life_s=learning.bandit_half_life_s,
+            prior_alpha=learning.bandit_prior_alpha,
+            prior_beta=learning.bandit_prior_beta,
+        )
+        self.rankers = RankerStore(keys)
+        self._index = index
+        self._catalog_view = catalog_view
+        self._lists = _Timed(lists_ttl_s)
+        self._model = _Timed(model_reload_s)
+        self.short_half_life = features.half_lives_s[0]
+        self.long_half_life = features.half_lives_s[-1]
+        self._last_good: Ranked = []
+
+    @property
+    def index(self) -> AnnIndex | None:
+        """The process's ANN replica, if it has one."""
+        return self._index()
+
+    # --- per user -----------------------------------------------------------------------
+
+    def user_state(self, user_id: str, recent_n: int, now_s: float) -> UserState:
+        """Session and long-term vectors and the latest items: two batched reads."""
+        dim = self.features.embedding_dim
+        raw_session, raw_user = self.store.get_bytes(
+            [self.keys.session_embedding(user_id), self.keys.user_embedding(user_id)]
+        )
+        (recent,) = self.store.top_many([self.keys.seen(user_id)], recent_n)
+        session = _state(raw_session, dim)
+        if session is not None and now_s * 1000 - session.last_ts_ms > (
+            self.features.session_gap_s * 1000
+        ):
+            session = None  # the session is over; the next event starts a new one
+        return UserState(vector(session), vector(_state(raw_user, dim)), recent)
+
+    def seen_and_negative(self, user_id: str, items: Sequence[str]) -> tuple[list[bool], ...]:
+        """Whether the user saw, and whether they skipped or dismissed, each item."""
+        seen = self.store.zscores(self.keys.seen(user_id), items)
+        negative = self.store.zscores(self.keys.negatives(user_id), items)
+        return [s is not None for s in seen], [n is not None for n in negative]
+
+    def covisited(self, items: Sequence[str], k: int, now_s: float) -> list[Ranked]:
+        """Each item's ``k`` strongest co-visited neighbours (decayed scores)."""
+        landmark = self.landmarks().get("covis")
+        if landmark is None or not items:
+            return [[] for _ in items]
+        factor = read_factor(
+            now_s, float(landmark), decay_rate(self.features.covisitation_half_life_s)
+        )
+        rows = self.store.top_many([self.keys.covisitation(i) for i in items], k)
+        return [[(i, s * factor) for i, s in row] for row in rows]
+
+    # --- global, reused for a second ------------------------------------------------------
+
+    def landmarks(self) -> dict[str, str]:
+        """The decay landmarks hash."""
+        return self._lists.get(
+            "landmarks", lambda: self.store.hgetall(self.keys.landmarks()), stale_ok=True
+        )
+
+    def trending_list(self, half_life_s: float, scope: str, k: int, now_s: float) -> Ranked:
+        """Top ``k`` of one trending counter, decayed to ``now_s``."""
+        raw = self._lists.get(
+            ("trend", half_life_s, scope, k),
+            lambda: self.store.top(self.keys.trending(half_life_s, scope), k),
+            stale_ok=True,
+        )
+        factor = self._factor(Trending.family(half_life_s), half_life_s, now_s)
+        ranked = [(i, s * factor) for i, s in raw]
+        if scope == GLOBAL and ranked:
+            self._last_good = ranked
+        return ranked
+
+    def popular_list(self, k: int) -> Ranked:
+        """Top ``k`` by all-time weighted interactions."""
+        return self._lists.get(
+            ("popular", k), lambda: self.trending.all_time(self.store, k), stale_ok=True
+        )
+
+    def fresh_list(self, k: int) -> Ranked:
+        """The ``k`` newest available items with their created_at (ms)."""
+        return self._lists.get(
+            ("fresh", k), lambda: self.store.top(self.keys.items_by_time(), k), stale_ok=True
+        )
+
+    def posteriors(self, segment: str, now_s: float) -> dict[str, Posterior]:
+        """The bandit's posteriors for one segment."""
+        return self._lists.get(
+            ("bandit", segment),
+            lambda: self.bandit.posteriors(self.store, segment, now_s),
+            stale_ok=True,
+        )
+
+    def ranker(self) -> RankerWeights:
+        """The combined ranker parts, reloaded every few seconds."""
+        return self._model.get("ranker", lambda: self.rankers.load(self.store), stale_ok=True)
+
+    def last_good(self, k: int) -> Ranked:
+        """The last global trending list read, for degraded feeds ([] if none ever was)."""
+        return self._last_good[:k]
+
+    # --- per candidate ----------------------------------------------------------------------
+
+    def counts(self, items: Sequence[str], now_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Decayed short and long trending counts of ``items`` (0 when absent)."""
+        short = self.store.zscores(self.keys.trending(self.short_half_life), items)
+        long_ = self.store.zscores(self.keys.trending(self.long_half_life), items)
+        fs = self._factor(Trending.family(self.short_half_life), self.short_half_life, now_s)
+        fl = self._factor(Trending.family(self.long_half_life), self.long_half_life, now_s)
+        return (
+            np.array([(s or 0.0) * fs for s in short], np.float64),
+            np.array([(s or 0.0) * fl for s in long_], np.float64),
+        )
+
+    def metas(self, items: Sequence[str]) -> list[ItemMeta | None]:
+        """Catalog meta of each item: from the replica's catalog, else the store."""
+        view = self._catalog_view()
+        if view is not None:
+            return [view.get(i) for i in items]
+        return self.catalog.records(self.store, items)
+
+    def _factor(self, family: str, half_life_s: float, now_s: float) -> float:
+        landmark = self.landmarks().get(family)
+        if landmark is None:
+            return 0.0
+        return read_factor(now_s, float(landmark), decay_rate(half_life_s))
+
+
+def _state(raw: bytes | None, dim: int) -> EmbeddingState | None:
+    if raw is None:
+        return None
+    try:
+        return EmbeddingState.from_bytes(raw, dim)
+    except ValueError:
+        log.warning("unreadable embedding state (%d bytes); ignoring it", len(raw))
+        return None
+
+
+def age_hours(meta: ItemMeta | None, now_s: float) -> float:
+    """An item's age in hours (0 when unknown or in the future)."""
+    if meta is None or meta.created_at_ms <= 0:
+        return 0.0
+    return max(now_s - meta.created_at_ms / 1000.0, 0.0) / 3600.0

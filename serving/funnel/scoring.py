@@ -1,0 +1,105 @@
+"""Scoring: a feature row per candidate from live state, then one vectorised model call.
+
+The worker's river ranker learns from the feature rows servers log with each impression,
+so the names and meanings here are the contract between the two: change one, and the
+model relearns that feature from zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from features.ranker import LinearScorer, RankerWeights, heuristic_scores
+from serving.funnel.context import Candidate, FeedContext
+from serving.funnel.live import LiveReader, age_hours
+
+#: Features that do not depend on which sources exist.
+BASE_FEATURES = (
+    "n_sources",
+    "cos_session",
+    "cos_user",
+    "log_popularity",
+    "trending_velocity",
+    "covis_score",
+    "log_age_hours",
+    "category_affinity",
+)
+
+
+def feature_names(sources: Sequence[str]) -> list[str]:
+    """Column names: one indicator per source, then the base features."""
+    return [f"source:{s}" for s in sources] + list(BASE_FEATURES)
+
+
+class Scorer:
+    """Builds the feature matrix and scores it with the ranker, or the heuristic when cold."""
+
+    def __init__(self, live: LiveReader, sources: Sequence[str], min_examples: int) -> None:
+        self.live = live
+        self.sources = list(sources)
+        self.columns = feature_names(self.sources)
+        self.min_examples = min_examples
+        self._weights: RankerWeights | None = None
+        self._scorer: LinearScorer | None = None
+
+    def features(self, ctx: FeedContext, candidates: list[Candidate]) -> np.ndarray:
+        """The (candidates × columns) float32 matrix."""
+        n = len(candidates)
+        x = np.zeros((n, len(self.columns)), np.float32)
+        if not n:
+            return x
+        ids = [c.item_id for c in candidates]
+        for j, source in enumerate(self.sources):
+            x[:, j] = [source in c.sources for c in candidates]
+        base = len(self.sources)
+        col = {name: base + i for i, name in enumerate(BASE_FEATURES)}
+        x[:, col["n_sources"]] = [len(c.sources) for c in candidates]
+        index = self.live.index
+        if index is not None and (ctx.user.session is not None or ctx.user.long_term is not None):
+            vectors = index.vectors(ids)
+            if ctx.user.session is not None:
+                x[:, col["cos_session"]] = vectors @ ctx.user.session
+            if ctx.user.long_term is not None:
+                x[:, col["cos_user"]] = vectors @ ctx.user.long_term
+        short, long_ = self.live.counts(ids, ctx.request.now_s)
+        x[:, col["log_popularity"]] = np.log1p(long_)
+        # Steady interest gives short/h_short == long/h_long; the log ratio is 0 then.
+        h_short, h_long = self.live.short_half_life, self.live.long_half_life
+        ratio = (short / h_short + 1e-9) / (long_ / h_long + 1e-9)
+        x[:, col["trending_velocity"]] = np.where(long_ > 0, np.log(ratio), 0.0)
+        x[:, col["covis_score"]] = [
+            np.log1p(c.sources.get("covisitation", 0.0)) for c in candidates
+        ]
+        now = ctx.request.now_s
+        x[:, col["log_age_hours"]] = [np.log1p(age_hours(c.meta, now)) for c in candidates]
+        shares = ctx.interest_shares
+        x[:, col["category_affinity"]] = [
+            shares.get(c.meta.category, 0.0) if c.meta is not None and c.meta.category else 0.0
+            for c in candidates
+        ]
+        return x
+
+    def score(self, ctx: FeedContext, candidates: list[Candidate]) -> None:
+        """Set each candidate's ``features`` and ``score``."""
+        x = self.features(ctx, candidates)
+        weights = self.live.ranker()
+        if weights.examples >= self.min_examples and weights.examples > 0:
+            if weights is not self._weights:
+                self._weights, self._scorer = weights, LinearScorer(weights, self.columns)
+            assert self._scorer is not None
+            scores = self._scorer.score(x)
+            ctx.trace.scorer = {"model": "ranker", "examples": weights.examples}
+        else:
+            scores = heuristic_scores(self.columns, x)
+            ctx.trace.scorer = {"model": "heuristic", "examples": weights.examples}
+        for n, candidate in enumerate(candidates):
+            candidate.features = x[n]
+            candidate.score = float(scores[n])
+
+    @property
+    def version(self) -> str:
+        """Which model the last scores came from (for the impression's policy version)."""
+        w = self._weights
+        return "heuristic" if w is None else f"ranker@{w.examples}"

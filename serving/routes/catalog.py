@@ -1,0 +1,99 @@
+"""GET /trending and GET /items/{item_id}: live state as it stands."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from features.errors import StoreUnavailableError
+from features.keys import GLOBAL, Keys
+from serving.deps import ResourcesDep, SettingsDep
+from serving.responses import JSONBytes, error
+
+router = APIRouter(tags=["catalog"])
+
+
+def _half_life(window: str, half_lives: list[float]) -> float | None:
+    """A configured half-life named as seconds ("3600") or with a unit ("1h", "24h", "30m")."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    try:
+        seconds = float(window[:-1]) * units[window[-1]] if window[-1] in units else float(window)
+    except (ValueError, IndexError):
+        return None
+    return next((h for h in half_lives if abs(h - seconds) < 1e-6), None)
+
+
+@router.get("/trending", response_class=JSONBytes)
+def get_trending(
+    resources: ResourcesDep,
+    settings: SettingsDep,
+    window: Annotated[
+        str | None, Query(max_length=32, description="Half-life, e.g. 1h or 86400")
+    ] = None,
+    category: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    k: Annotated[int | None, Query(ge=1, description="How many items")] = None,
+) -> JSONBytes:
+    """Top items by decayed score for one half-life, overall or in one category, with the
+    items whose short-term rate outruns their long-term one marked ``rising``."""
+    half_lives = resources.features.half_lives_s
+    half_life = half_lives[0] if window is None else _half_life(window, half_lives)
+    if half_life is None:
+        named = ", ".join(f"{h:g}" for h in half_lives)
+        return error(422, ["query", "window"], f"window must be one of the half-lives: {named} s")
+    size = k or settings.default_k
+    if size > settings.max_k:
+        return error(422, ["query", "k"], f"k must be <= {settings.max_k}")
+    scope = GLOBAL if category is None else Keys.category_scope(category)
+    now = time.time()
+    live = resources.live
+    try:
+        ranked = live.trending_list(half_life, scope, size, now)
+        rising = dict(live.trending.rising(resources.store, size * 2, now, scope))
+    except StoreUnavailableError:
+        return JSONBytes({"degraded": True, "items": [], "window_s": half_life}, status_code=200)
+    return JSONBytes(
+        {
+            "window_s": half_life,
+            "category": category,
+            "degraded": False,
+            "items": [
+                {"item_id": i, "score": s, "rising": i in rising, "rise": rising.get(i)}
+                for i, s in ranked
+            ],
+        }
+    )
+
+
+@router.get("/items/{item_id}", response_class=JSONBytes)
+def get_item(
+    item_id: Annotated[str, Path(min_length=1, max_length=256)], resources: ResourcesDep
+) -> JSONBytes:
+    """An item's catalog record, availability, and live popularity."""
+    live = resources.live
+    try:
+        (meta,) = live.catalog.records(resources.store, [item_id])
+        if meta is None:
+            return error(404, ["path", "item_id"], f"unknown item {item_id!r}")
+        now = time.time()
+        short, long_ = live.counts([item_id], now)
+        (all_time,) = resources.store.zscores(resources.keys.popularity_all_time(), [item_id])
+    except StoreUnavailableError as exc:
+        return JSONBytes({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+    index = live.index
+    return JSONBytes(
+        {
+            "item_id": item_id,
+            "category": meta.category,
+            "creator": meta.creator,
+            "created_at": meta.created_at_ms,
+            "available": meta.available,
+            "in_index": index is not None and item_id in index,
+            "popularity": {
+                f"trending_{live.short_half_life:g}s": float(short[0]),
+                f"trending_{live.long_half_life:g}s": float(long_[0]),
+                "all_time": all_time or 0.0,
+            },
+        }
+    )

@@ -1,0 +1,17 @@
+"""GET /metrics for Prometheus."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from serving.deps import MetricsDep
+from serving.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", response_class=Response)
+def get_metrics(metrics: MetricsDep) -> Response:
+    """Per-stage latency, candidates per source, removals per filter, slots per source."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
