@@ -64,7 +64,9 @@ class SlateBuilder:
         categories: Counter[str] = Counter()
         chosen_vectors: list[np.ndarray] = []
         slots: list[Slot] = []
-        shares: list[dict[str, float]] = []
+        # The posteriors are fixed for the request, so a slot's probabilities depend only on
+        # which sources still have candidates: estimate them once per such set.
+        estimates: dict[tuple[str, ...], dict[str, float]] = {}
         capped = 0
         for position in range(k):
             slot = self._fixed(ctx, position, candidates, placed, pinned or {})
@@ -72,14 +74,15 @@ class SlateBuilder:
                 live = {s: cs for s, cs in by_source.items() if self._first_open(cs, placed)}
                 if not live:
                     break
-                names = sorted(live)
-                probs = source_probabilities(
-                    posteriors, names, ctx.rng, draws=self.draws, floor=self.floor, prior=prior
-                )
+                names = tuple(sorted(live))
+                probs = estimates.get(names)
+                if probs is None:
+                    probs = estimates[names] = source_probabilities(
+                        posteriors, names, ctx.rng, draws=self.draws, floor=self.floor, prior=prior
+                    )
                 source, propensity = choose_source(probs, ctx.rng)
-                if position == 0:
+                if "first_slot_probabilities" not in ctx.trace.ordering:
                     ctx.trace.ordering["first_slot_probabilities"] = probs
-                shares.append(probs)
                 pick, skipped = self._pick(
                     live[source], placed, creators, categories, value, vectors, chosen_vectors
                 )
