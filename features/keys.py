@@ -116,6 +116,11 @@ class Keys:
         """msgpack bytes of one open impression and which of its slots were clicked."""
         return f"{self._prefix}:imp-rec:{request_id}"
 
+    def pending_clicks(self, user_id: str) -> str:
+        """Sorted set of a user's clicks that arrived before the feed they came from (JSON
+        members, scored by event time), waiting for its impression."""
+        return f"{self._prefix}:imp-pend:{user_id}"
+
     def impressions_due(self, partition: int) -> str:
         """Sorted set of request ids by when their attribution window closes (ms), per
         partition of the impressions topic."""

@@ -38,6 +38,11 @@ class Store(Protocol):
         """Each member's score, or None when absent."""
         ...
 
+    def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
+        """:meth:`zscores` of several keys for the same members, in one round trip where the
+        backend allows."""
+        ...
+
     def zcard(self, key: str) -> int:
         """Number of members of a sorted set."""
         ...

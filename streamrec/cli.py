@@ -254,6 +254,33 @@ def bench_freshness(
     typer.echo(orjson.dumps(figures).decode())
 
 
+@bench_app.command("feed")
+def bench_feed(
+    config: ConfigOption = None,
+    catalog: Annotated[
+        int, typer.Option(min=1000, help="Items in the catalog (1000000 for the 1M run).")
+    ] = 100_000,
+    rate: Annotated[float, typer.Option(min=1, help="Ingestion events/s meanwhile.")] = 5000.0,
+    seconds: Annotated[float, typer.Option(min=1, help="Seconds per measurement.")] = 15.0,
+    connections: Annotated[int, typer.Option(min=1, help="Clients of the throughput run.")] = 4,
+    k: Annotated[int, typer.Option(min=1, help="Feed length.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 0,
+) -> None:
+    """Feed API latency (whole funnel and per stage) and requests/s against a trivial endpoint."""
+    from streamrec.bench.feed import run_feed_bench
+
+    figures = run_feed_bench(
+        _setup(config),
+        catalog=catalog,
+        rate=rate,
+        seconds=seconds,
+        connections=connections,
+        k=k,
+        seed=seed,
+    )
+    typer.echo(orjson.dumps(figures).decode())
+
+
 @bench_app.command("memory")
 def bench_memory(
     config: ConfigOption = None,

@@ -18,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import orjson
+
 from features.attribution import Attribution, Labelled, OpenImpression, OpenSlot, decode_many
 from features.bandit import Outcome, SourceBandit
 from features.batch import WriteBatch
@@ -53,6 +55,12 @@ def open_record(impression: Impression) -> OpenImpression:
     )
 
 
+def _decode_pending(member: str) -> tuple[str | None, str, int]:
+    """(request id, item, event time) of a pending click."""
+    request_id, item_id, ts, _event_id = orjson.loads(member)
+    return request_id, item_id, int(ts)
+
+
 @dataclass
 class FeedbackStats:
     """Counters of what the join did, for metrics and the dashboard."""
@@ -60,7 +68,7 @@ class FeedbackStats:
     opened: int = 0
     duplicates: int = 0
     attributed: int = 0
-    unattributed: int = 0
+    pending: int = 0  # clicks waiting for their impression (some never find one)
     finalised: int = 0
     examples: int = 0
 
@@ -92,8 +100,9 @@ class FeedbackProcessor:
         if not events.impressions and not clicks and not events.impression_clocks:
             return
         store = reads.store
-        records = self._open(events.impressions, clicks, reads, batch)
-        dirty = self._attribute(clicks, records, reads)
+        records, opened = self._open(events.impressions, clicks, reads, batch)
+        dirty = self._attribute_pending(opened, reads, batch)
+        dirty |= self._attribute(clicks, records, reads, batch)
         labelled: list[Labelled] = []
         finalised: set[str] = set()
         for partition, clock in sorted(events.impression_clocks.items()):
@@ -138,9 +147,11 @@ class FeedbackProcessor:
         clicks: list[Interaction],
         reads: BatchReads,
         batch: WriteBatch,
-    ) -> dict[str, OpenImpression]:
-        """Open the batch's new feeds; return every record the batch needs, by request id."""
+    ) -> tuple[dict[str, OpenImpression], list[OpenImpression]]:
+        """Open the batch's new feeds; return every record the batch needs, by request id,
+        and the records opened."""
         records: dict[str, OpenImpression] = {}
+        opened: list[OpenImpression] = []
         wanted = [imp.request_id for _, imp in impressions]
         wanted += [c.request_id for c in clicks if c.request_id]
         self._load(wanted, records, reads)
@@ -151,13 +162,52 @@ class FeedbackProcessor:
             record = open_record(impression)
             records[record.request_id] = record
             self.attribution.open(batch, partition, record)
+            opened.append(record)
             self.stats.opened += 1
-        return records
+        return records, opened
+
+    def _attribute_pending(
+        self, opened: list[OpenImpression], reads: BatchReads, batch: WriteBatch
+    ) -> set[str]:
+        """Clicks that came before their feed's impression, matched to the feeds now opened."""
+        dirty: set[str] = set()
+        if not opened:
+            return dirty
+        by_user: dict[str, list[OpenImpression]] = defaultdict(list)
+        for record in opened:
+            by_user[record.user_id].append(record)
+        users = sorted(by_user)
+        keys = [self.keys.pending_clicks(u) for u in users]
+        rows = reads.read(lambda: reads.store.top_many(keys, self.settings.max_open_impressions))
+        for user, key, row in zip(users, keys, rows, strict=True):
+            mine = {r.request_id: r for r in by_user[user]}
+            done: list[str] = []
+            for member, _ in sorted(row, key=lambda pair: (pair[1], pair[0])):
+                request_id, item_id, ts = _decode_pending(member)
+                if request_id is not None:
+                    record = mine.get(request_id)
+                else:
+                    record = self.attribution.match(by_user[user], item_id, ts)
+                if record is None:
+                    continue
+                done.append(member)
+                if self.attribution.click(record, item_id, ts):
+                    dirty.add(record.request_id)
+                    self.stats.attributed += 1
+                    self.stats.pending -= 1
+            if done:
+                batch.zrem(key, done)
+        return dirty
 
     def _attribute(
-        self, clicks: list[Interaction], records: dict[str, OpenImpression], reads: BatchReads
+        self,
+        clicks: list[Interaction],
+        records: dict[str, OpenImpression],
+        reads: BatchReads,
+        batch: WriteBatch,
     ) -> set[str]:
-        """Mark clicked slots; return the request ids of the records that changed."""
+        """Mark clicked slots; return the request ids of the records that changed. A click
+        no open feed explains waits for one (Kafka does not order the two topics)."""
         dirty: set[str] = set()
         unmatched: list[Interaction] = []
         for click in clicks:
@@ -181,13 +231,23 @@ class FeedbackProcessor:
         for record in records.values():
             by_user[record.user_id].append(record)
         for click in unmatched:
+            if click.request_id is not None and click.request_id in records:
+                continue  # its feed is known: the click is outside its window, or not its item
             record = self.attribution.match(by_user[click.user_id], click.item_id, click.ts)
-            if record is not None and self.attribution.click(record, click.item_id, click.ts):
+            if record is None:
+                self._pend(batch, click)
+            elif self.attribution.click(record, click.item_id, click.ts):
                 dirty.add(record.request_id)
                 self.stats.attributed += 1
-            else:
-                self.stats.unattributed += 1
         return dirty
+
+    def _pend(self, batch: WriteBatch, click: Interaction) -> None:
+        key = self.keys.pending_clicks(click.user_id)
+        member = orjson.dumps([click.request_id, click.item_id, click.ts, click.event_id])
+        batch.zadd(key, {member.decode(): float(click.ts)})
+        batch.zkeeptop(key, self.settings.max_open_impressions)
+        batch.expire(key, self.attribution.record_ttl_s)
+        self.stats.pending += 1
 
     @staticmethod
     def _due(reads: BatchReads, due_key: str, clock: int) -> list[str]:

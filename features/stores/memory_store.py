@@ -155,6 +155,10 @@ class InMemoryStore:
             zset = self._live_zset(key) or {}
             return [zset.get(m) for m in members]
 
+    def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
+        """:meth:`zscores` of several keys."""
+        return [self.zscores(key, members) for key in keys]
+
     def zcard(self, key: str) -> int:
         """Size of a sorted set."""
         with self._lock:

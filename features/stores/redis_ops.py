@@ -97,6 +97,14 @@ end
 return out
 """
 
+ZSCORES_MANY_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('ZMSCORE', key, unpack(ARGV))
+end
+return out
+"""
+
 TOP_MANY_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do

@@ -20,6 +20,7 @@ from features.stores.redis_ops import (
     CONFLICT,
     HGET_MANY_LUA,
     TOP_MANY_LUA,
+    ZSCORES_MANY_LUA,
     encode_ops,
 )
 
@@ -42,6 +43,7 @@ class RedisStore:
         # Many small reads as one call: per command, redis-py costs ~15 µs of Python.
         self._hget_many = self._client.register_script(HGET_MANY_LUA)
         self._top_many = self._client.register_script(TOP_MANY_LUA)
+        self._zscores_many = self._client.register_script(ZSCORES_MANY_LUA)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -102,6 +104,24 @@ class RedisStore:
             "zscores", lambda: self._client.zmscore(key, list(members))
         )
         return [None if s is None else float(s) for s in rows]
+
+    def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
+        """ZMSCORE of the same members in several keys, in one script call."""
+        out: list[list[float | None]] = [[] for _ in keys]
+        if not keys:
+            return out
+        # Lua's unpack() has a stack limit of a few thousand values.
+        for start in range(0, len(members), 4000):
+            rows = self._zscores_chunk(list(keys), list(members[start : start + 4000]))
+            for row, scores in zip(out, rows, strict=True):
+                row.extend(None if s is None else float(s) for s in scores)
+        return out
+
+    def _zscores_chunk(self, keys: list[str], members: list[str]) -> list[list[bytes | None]]:
+        rows: list[list[bytes | None]] = self._call(
+            "zscores_many", lambda: self._zscores_many(keys=keys, args=members)
+        )
+        return rows
 
     def zcard(self, key: str) -> int:
         """ZCARD."""

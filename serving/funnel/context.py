@@ -37,6 +37,7 @@ class Candidate:
     meta: ItemMeta | None = None
     score: float = 0.0
     features: np.ndarray | None = None
+    vector: np.ndarray | None = None  # unit embedding from the replica, when it has one
 
 
 @dataclass
@@ -84,6 +85,7 @@ class FeedContext:
     trace: Trace = field(default_factory=Trace)
     interests: list[str] = field(default_factory=list)  # categories, strongest first
     interest_shares: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, tuple[float, float]] = field(default_factory=dict)  # trending counts
 
 
 def segment_of(user: UserState, device: str | None, devices: list[str]) -> str:

@@ -132,13 +132,11 @@ class Funnel:
             candidates = f.apply(ctx, candidates)
         ids = [c.item_id for c in candidates]
         pinned_ids = [p.item_id for p in settings.pinned]
-        seen, negative = self.live.seen_and_negative(request.user_id, ids + pinned_ids)
-        seen_set = {i for i, s in zip(ids + pinned_ids, seen, strict=True) if s}
-        negative_set = {i for i, s in zip(ids + pinned_ids, negative, strict=True) if s}
-        posts = post_filters(settings, seen_set, negative_set)
-        for f in posts:
+        state = self.live.candidate_state(request.user_id, ids + pinned_ids, request.now_s)
+        for f in post_filters(settings, state.seen, state.negative):
             candidates = f.apply(ctx, candidates)
-        pinned = self._pinned(ctx, pinned_ids, seen_set | negative_set)
+        pinned = self._pinned(pinned_ids, state.seen | state.negative)
+        ctx.counts = state.counts
         watch.lap("filtering")
 
         self.scorer.score(ctx, candidates)
@@ -150,7 +148,6 @@ class Funnel:
             request.k,
             self.live.posteriors(ctx.segment, request.now_s),
             self.live.bandit.prior,
-            self.live.index,
             pinned,
         )
         watch.lap("ordering")
@@ -212,7 +209,7 @@ class Funnel:
             candidate.meta = meta
         return list(merged.values())
 
-    def _pinned(self, ctx: FeedContext, ids: list[str], hidden: set[str]) -> dict[str, Candidate]:
+    def _pinned(self, ids: list[str], hidden: set[str]) -> dict[str, Candidate]:
         """Pinned items that pass the filters (pinning never shows a deleted item)."""
         if not ids:
             return {}

@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
-
 from features.ann import AnnIndex
 from features.bandit import Posterior, SourceBandit
 from features.catalog import Catalog, ItemMeta
@@ -46,6 +44,15 @@ class UserState:
     def is_new(self) -> bool:
         """No history at all: the cold-start segment."""
         return not self.recent and self.long_term is None
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateState:
+    """What the filters and features need per candidate, read together."""
+
+    seen: set[str]
+    negative: set[str]
+    counts: dict[str, tuple[float, float]]  # item -> (short, long) decayed trending counts
 
 
 class _Timed:
@@ -132,11 +139,28 @@ class LiveReader:
             session = None  # the session is over; the next event starts a new one
         return UserState(vector(session), vector(_state(raw_user, dim)), recent)
 
-    def seen_and_negative(self, user_id: str, items: Sequence[str]) -> tuple[list[bool], ...]:
-        """Whether the user saw, and whether they skipped or dismissed, each item."""
-        seen = self.store.zscores(self.keys.seen(user_id), items)
-        negative = self.store.zscores(self.keys.negatives(user_id), items)
-        return [s is not None for s in seen], [n is not None for n in negative]
+    def candidate_state(self, user_id: str, items: Sequence[str], now_s: float) -> CandidateState:
+        """Per item: seen by the user, skipped or dismissed by them, and its decayed short and
+        long trending counts. One round trip."""
+        seen, negative, short, long_ = self.store.zscores_many(
+            [
+                self.keys.seen(user_id),
+                self.keys.negatives(user_id),
+                self.keys.trending(self.short_half_life),
+                self.keys.trending(self.long_half_life),
+            ],
+            items,
+        )
+        fs = self._factor(Trending.family(self.short_half_life), self.short_half_life, now_s)
+        fl = self._factor(Trending.family(self.long_half_life), self.long_half_life, now_s)
+        return CandidateState(
+            seen={i for i, s in zip(items, seen, strict=True) if s is not None},
+            negative={i for i, s in zip(items, negative, strict=True) if s is not None},
+            counts={
+                i: ((s or 0.0) * fs, (x or 0.0) * fl)
+                for i, s, x in zip(items, short, long_, strict=True)
+            },
+        )
 
     def covisited(self, items: Sequence[str], k: int, now_s: float) -> list[Ranked]:
         """Each item's ``k`` strongest co-visited neighbours (decayed scores)."""
@@ -200,16 +224,9 @@ class LiveReader:
 
     # --- per candidate ----------------------------------------------------------------------
 
-    def counts(self, items: Sequence[str], now_s: float) -> tuple[np.ndarray, np.ndarray]:
+    def counts(self, items: Sequence[str], now_s: float) -> dict[str, tuple[float, float]]:
         """Decayed short and long trending counts of ``items`` (0 when absent)."""
-        short = self.store.zscores(self.keys.trending(self.short_half_life), items)
-        long_ = self.store.zscores(self.keys.trending(self.long_half_life), items)
-        fs = self._factor(Trending.family(self.short_half_life), self.short_half_life, now_s)
-        fl = self._factor(Trending.family(self.long_half_life), self.long_half_life, now_s)
-        return (
-            np.array([(s or 0.0) * fs for s in short], np.float64),
-            np.array([(s or 0.0) * fl for s in long_], np.float64),
-        )
+        return self.candidate_state("", items, now_s).counts
 
     def metas(self, items: Sequence[str]) -> list[ItemMeta | None]:
         """Catalog meta of each item: from the replica's catalog, else the store."""

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.ann import AnnIndex
 from features.bandit import Posterior, choose_source, source_probabilities
 from serving.funnel.context import Candidate, FeedContext
 from serving.funnel.live import age_hours
@@ -49,7 +48,6 @@ class SlateBuilder:
         k: int,
         posteriors: Mapping[str, Posterior],
         prior: Posterior,
-        index: AnnIndex | None,
         pinned: Mapping[str, Candidate] | None = None,
     ) -> list[Slot]:
         """The slate; ``pinned`` holds the pinned items that passed the filters."""
@@ -58,7 +56,8 @@ class SlateBuilder:
         for c in sorted(candidates, key=lambda c: (-value[c.item_id], c.item_id)):
             for source in c.sources:
                 by_source.setdefault(source, []).append(c)
-        vectors = self._vectors(index, candidates)
+        vectors = {c.item_id: c.vector for c in candidates if c.vector is not None}
+        young = self._young(ctx, candidates)
         placed: set[str] = set()
         creators: Counter[str] = Counter()
         categories: Counter[str] = Counter()
@@ -67,14 +66,22 @@ class SlateBuilder:
         # The posteriors are fixed for the request, so a slot's probabilities depend only on
         # which sources still have candidates: estimate them once per such set.
         estimates: dict[tuple[str, ...], dict[str, float]] = {}
-        capped = 0
-        for position in range(k):
-            slot = self._fixed(ctx, position, candidates, placed, pinned or {})
+        capped: set[str] = set()
+        while len(slots) < k:
+            slot = self._fixed(len(slots), young, placed, pinned or {})
             if slot is None:
-                live = {s: cs for s, cs in by_source.items() if self._first_open(cs, placed)}
-                if not live:
+                # A source is in the draw only if it can fill this slot within the caps;
+                # caps and placements only tighten, so one that cannot never will again.
+                pools: dict[str, list[Candidate]] = {}
+                for source in list(by_source):
+                    pool = self._pool(by_source[source], placed, creators, categories, capped)
+                    if pool:
+                        pools[source] = pool
+                    else:
+                        del by_source[source]
+                if not pools:
                     break
-                names = tuple(sorted(live))
+                names = tuple(sorted(pools))
                 probs = estimates.get(names)
                 if probs is None:
                     probs = estimates[names] = source_probabilities(
@@ -83,14 +90,7 @@ class SlateBuilder:
                 source, propensity = choose_source(probs, ctx.rng)
                 if "first_slot_probabilities" not in ctx.trace.ordering:
                     ctx.trace.ordering["first_slot_probabilities"] = probs
-                pick, skipped = self._pick(
-                    live[source], placed, creators, categories, value, vectors, chosen_vectors
-                )
-                capped += skipped
-                if pick is None:
-                    # Only capped items are left in this source: drop it from the mix.
-                    by_source.pop(source)
-                    continue
+                pick = self._mmr(pools[source], value, vectors, chosen_vectors)
                 slot = Slot(pick, source, propensity)
             slots.append(slot)
             placed.add(slot.candidate.item_id)
@@ -103,15 +103,14 @@ class SlateBuilder:
             if vector is not None:
                 chosen_vectors.append(vector)
         ctx.trace.ordering.update(
-            {"segment": ctx.segment, "slots": len(slots), "skipped_by_caps": capped}
+            {"segment": ctx.segment, "slots": len(slots), "skipped_by_caps": len(capped)}
         )
         return slots
 
     def _fixed(
         self,
-        ctx: FeedContext,
         position: int,
-        candidates: list[Candidate],
+        young: list[Candidate],
         placed: set[str],
         pinned: Mapping[str, Candidate],
     ) -> Slot | None:
@@ -119,22 +118,23 @@ class SlateBuilder:
         if item is not None and item in pinned and item not in placed:
             return Slot(pinned[item], PINNED, 1.0)
         if position in self.settings.exploration_slots:
-            now = ctx.request.now_s
-            limit_h = self.settings.exploration_max_age_s / 3600.0
-            young = [
-                c
-                for c in candidates
-                if c.item_id not in placed
-                and c.meta is not None
-                and c.meta.created_at_ms > 0
-                and age_hours(c.meta, now) <= limit_h
-            ]
-            if young:
-                newest = max(
-                    young, key=lambda c: (c.meta.created_at_ms if c.meta else 0, c.item_id)
-                )
+            newest = next((c for c in young if c.item_id not in placed), None)
+            if newest is not None:
                 return Slot(newest, EXPLORE, 1.0)
         return None
+
+    def _young(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Candidate]:
+        """Candidates young enough to explore, newest first (ties by id)."""
+        if not self.settings.exploration_slots:
+            return []
+        limit_h = self.settings.exploration_max_age_s / 3600.0
+        now = ctx.request.now_s
+        young = [
+            c
+            for c in candidates
+            if c.meta is not None and c.meta.created_at_ms > 0 and age_hours(c.meta, now) <= limit_h
+        ]
+        return sorted(young, key=lambda c: (-(c.meta.created_at_ms if c.meta else 0), c.item_id))
 
     def _value(self, c: Candidate, now_s: float) -> float:
         """The score with the freshness boost: (1 + b·2^(−age/h)) · score."""
@@ -144,60 +144,53 @@ class SlateBuilder:
             return c.score * (1.0 + boost * math.pow(2.0, -halvings))
         return c.score
 
-    @staticmethod
-    def _first_open(candidates: list[Candidate], placed: set[str]) -> bool:
-        return any(c.item_id not in placed for c in candidates)
-
-    def _pick(
+    def _pool(
         self,
         candidates: list[Candidate],
         placed: set[str],
         creators: Counter[str],
         categories: Counter[str],
-        value: dict[str, float],
-        vectors: dict[str, np.ndarray],
-        chosen: list[np.ndarray],
-    ) -> tuple[Candidate | None, int]:
-        """MMR over the source's best few open candidates within the caps."""
+        capped: set[str],
+    ) -> list[Candidate]:
+        """The source's best few open candidates within the caps."""
         pool: list[Candidate] = []
-        skipped = 0
         cap_creator, cap_category = self.settings.max_per_creator, self.settings.max_per_category
         for c in candidates:
             if c.item_id in placed:
                 continue
             meta = c.meta
-            if meta is not None and meta.creator and creators[meta.creator] >= cap_creator:
-                skipped += 1
-                continue
-            if (
-                cap_category is not None
-                and meta is not None
-                and meta.category
-                and categories[meta.category] >= cap_category
+            if meta is not None and (
+                (meta.creator and creators[meta.creator] >= cap_creator)
+                or (
+                    cap_category is not None
+                    and meta.category
+                    and categories[meta.category] >= cap_category
+                )
             ):
-                skipped += 1
+                capped.add(c.item_id)
                 continue
             pool.append(c)
             if len(pool) >= self.settings.mmr_pool:
                 break
-        if not pool:
-            return None, skipped
+        return pool
+
+    def _mmr(
+        self,
+        pool: list[Candidate],
+        value: dict[str, float],
+        vectors: dict[str, np.ndarray],
+        chosen: list[np.ndarray],
+    ) -> Candidate:
+        """The pool's best by MMR: value against similarity to what is already placed."""
         lam = self.settings.mmr_lambda
         if lam >= 1.0 or not chosen:
-            return pool[0], skipped
+            return pool[0]
         placed_matrix = np.stack(chosen)
-
-        def mmr(c: Candidate) -> float:
+        best, best_mmr = pool[0], -math.inf
+        for c in pool:  # first wins ties: the source's own order
             v = vectors.get(c.item_id)
             similarity = float((placed_matrix @ v).max()) if v is not None else 0.0
-            return lam * value[c.item_id] - (1.0 - lam) * similarity
-
-        return max(pool, key=lambda c: (mmr(c), -pool.index(c))), skipped
-
-    @staticmethod
-    def _vectors(index: AnnIndex | None, candidates: list[Candidate]) -> dict[str, np.ndarray]:
-        if index is None or not candidates:
-            return {}
-        ids = [c.item_id for c in candidates]
-        rows = index.vectors(ids)
-        return {i: rows[n] for n, i in enumerate(ids) if rows[n].any()}
+            mmr = lam * value[c.item_id] - (1.0 - lam) * similarity
+            if mmr > best_mmr:
+                best, best_mmr = c, mmr
+        return best

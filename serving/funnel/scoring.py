@@ -57,13 +57,21 @@ class Scorer:
         col = {name: base + i for i, name in enumerate(BASE_FEATURES)}
         x[:, col["n_sources"]] = [len(c.sources) for c in candidates]
         index = self.live.index
-        if index is not None and (ctx.user.session is not None or ctx.user.long_term is not None):
+        if index is not None:
+            # Fetched once here; ordering's MMR reuses them.
             vectors = index.vectors(ids)
+            live = np.flatnonzero(np.any(vectors, axis=1))
+            for n in live.tolist():
+                candidates[n].vector = vectors[n]
             if ctx.user.session is not None:
                 x[:, col["cos_session"]] = vectors @ ctx.user.session
             if ctx.user.long_term is not None:
                 x[:, col["cos_user"]] = vectors @ ctx.user.long_term
-        short, long_ = self.live.counts(ids, ctx.request.now_s)
+        missing = [i for i in ids if i not in ctx.counts]
+        if missing:
+            ctx.counts.update(self.live.counts(missing, ctx.request.now_s))
+        pairs = np.array([ctx.counts[i] for i in ids], np.float64).reshape(n, 2)
+        short, long_ = pairs[:, 0], pairs[:, 1]
         x[:, col["log_popularity"]] = np.log1p(long_)
         # Steady interest gives short/h_short == long/h_long; the log ratio is 0 then.
         h_short, h_long = self.live.short_half_life, self.live.long_half_life

@@ -12,19 +12,21 @@ class SourceSettings(BaseModel):
     # Whether feeds use this source.
     enabled: bool = True
     # Most candidates the source returns.
-    k: int = Field(100, ge=1, le=10_000)
+    k: int = Field(50, ge=1, le=10_000)
     # Time the source may take before the feed goes on without it, in milliseconds.
     budget_ms: float = Field(25.0, gt=0, le=10_000)
 
 
 def _default_sources() -> dict[str, SourceSettings]:
+    # About 250 candidates for a 20-item feed: enough for the filters and caps to leave
+    # choice, few enough to score in a couple of milliseconds.
     return {
-        "session_ann": SourceSettings(k=100),
-        "user_ann": SourceSettings(k=100),
-        "covisitation": SourceSettings(k=100),
-        "trending": SourceSettings(k=100),
-        "popular": SourceSettings(k=50),
-        "fresh": SourceSettings(k=50),
+        "session_ann": SourceSettings(k=50),
+        "user_ann": SourceSettings(k=50),
+        "covisitation": SourceSettings(k=50),
+        "trending": SourceSettings(k=50),
+        "popular": SourceSettings(k=30),
+        "fresh": SourceSettings(k=30),
     }
 
 

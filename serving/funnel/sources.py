@@ -74,7 +74,9 @@ class CovisitationSource(CandidateSource):
         recent = [item for item, _ in ctx.user.recent]
         if not recent:
             return []
-        rows = self.live.covisited(recent, k, ctx.request.now_s)
+        # Enough per recent item to fill k after overlaps, not k each.
+        per_item = max(10, 2 * k // len(recent))
+        rows = self.live.covisited(recent, per_item, ctx.request.now_s)
         return _blend(rows, [1.0 / (1 + n) for n in range(len(rows))], exclude=set(recent))
 
 

@@ -77,7 +77,7 @@ def get_item(
         if meta is None:
             return error(404, ["path", "item_id"], f"unknown item {item_id!r}")
         now = time.time()
-        short, long_ = live.counts([item_id], now)
+        short, long_ = live.counts([item_id], now)[item_id]
         (all_time,) = resources.store.zscores(resources.keys.popularity_all_time(), [item_id])
     except StoreUnavailableError as exc:
         return JSONBytes({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
@@ -91,8 +91,8 @@ def get_item(
             "available": meta.available,
             "in_index": index is not None and item_id in index,
             "popularity": {
-                f"trending_{live.short_half_life:g}s": float(short[0]),
-                f"trending_{live.long_half_life:g}s": float(long_[0]),
+                f"trending_{live.short_half_life:g}s": short,
+                f"trending_{live.long_half_life:g}s": long_,
                 "all_time": all_time or 0.0,
             },
         }

@@ -160,6 +160,20 @@ def test_top_many_and_dump(store: Store, keys: Keys) -> None:
     }
 
 
+def test_zscores_many_reads_several_keys_at_once(store: Store, keys: Keys) -> None:
+    a, b_ = keys.seen("a"), keys.negatives("a")
+    commit(store, lambda b: b.zadd(a, {"x": 1.5, "y": 2.0}))
+    commit(store, lambda b: b.zadd(b_, {"y": 3.0}))
+    assert store.zscores_many([a, b_, keys.seen("none")], ["y", "x", "z"]) == [
+        [2.0, 1.5, None],
+        [3.0, None, None],
+        [None, None, None],
+    ]
+    assert store.zscores_many([a], []) == [[]]
+    many = [f"m{n}" for n in range(9000)] + ["x"]
+    assert store.zscores_many([a], many)[0][-2:] == [None, 1.5]
+
+
 def test_lowest_reads_due_members_in_score_order(store: Store, keys: Keys) -> None:
     due = keys.impressions_due(0)
     commit(store, lambda b: b.zadd(due, {"c": 30.0, "a": 10.0, "b": 10.0, "d": 40.0}))

@@ -146,3 +146,14 @@ def test_the_same_stream_gives_the_same_state_however_it_is_cut(cut: int) -> Non
     for start in range(0, len(events), cut * 2):
         split.apply(events[start : start + cut * 2])
     assert whole.posteriors() == split.posteriors()
+
+
+@pytest.mark.parametrize("with_request_id", [True, False])
+def test_a_click_applied_before_its_impression_still_counts(with_request_id: bool) -> None:
+    stream = Stream()
+    stream.apply([click("b", T0 + 2_000, "r1" if with_request_id else None)])
+    assert stream.store.zcard(KEYS.pending_clicks("u")) == 1
+    stream.apply([impression("r1", T0)])
+    assert stream.store.zcard(KEYS.pending_clicks("u")) == 0
+    stream.apply([impression("r2", T0 + 61_000)])
+    assert stream.posteriors() == {"trending": (1.0, 0.0), "fresh": (1.0, 1.0)}
