@@ -17,6 +17,7 @@ the policy. Impressions record the method as ``"monte-carlo:<draws>"``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -244,7 +245,11 @@ def choose_source(
     """Draw a source from ``probabilities``; return it with its probability (the propensity)."""
     if not probabilities:
         raise ValueError("no source to choose from")
-    names = list(probabilities)
-    weights = np.array([probabilities[n] for n in names], dtype=np.float64)
-    index = int(rng.choice(len(names), p=weights / weights.sum()))
-    return names[index], probabilities[names[index]]
+    # One uniform and a walk over a handful of sources: rng.choice(p=...) costs ~10× more.
+    target = rng.random() * math.fsum(probabilities.values())
+    running = 0.0
+    for name, probability in probabilities.items():
+        running += probability
+        if target < running:
+            return name, probability
+    return name, probability  # target landed on the rounding edge: the last source

@@ -38,6 +38,13 @@ class Store(Protocol):
         """Each member's score, or None when absent."""
         ...
 
+    def values_and_tops(
+        self, value_keys: Sequence[str], top_keys: Sequence[str], k: int
+    ) -> tuple[list[bytes | None], list[list[tuple[str, float]]]]:
+        """:meth:`get_bytes` of some keys and :meth:`top_many` of others, in one round trip
+        where the backend allows (a feed's user state)."""
+        ...
+
     def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
         """:meth:`zscores` of several keys for the same members, in one round trip where the
         backend allows."""

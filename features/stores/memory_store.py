@@ -155,6 +155,12 @@ class InMemoryStore:
             zset = self._live_zset(key) or {}
             return [zset.get(m) for m in members]
 
+    def values_and_tops(
+        self, value_keys: Sequence[str], top_keys: Sequence[str], k: int
+    ) -> tuple[list[bytes | None], list[list[tuple[str, float]]]]:
+        """:meth:`get_bytes` and :meth:`top_many` together."""
+        return self.get_bytes(value_keys), self.top_many(top_keys, k)
+
     def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
         """:meth:`zscores` of several keys."""
         return [self.zscores(key, members) for key in keys]

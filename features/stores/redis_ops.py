@@ -105,6 +105,20 @@ end
 return out
 """
 
+VALUES_AND_TOPS_LUA = """
+local out = {}
+local n = tonumber(ARGV[1])
+local k = tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  if i <= n then
+    out[i] = redis.call('GET', key)
+  else
+    out[i] = redis.call('ZREVRANGE', key, 0, k - 1, 'WITHSCORES')
+  end
+end
+return out
+"""
+
 TOP_MANY_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do

@@ -20,6 +20,7 @@ from features.stores.redis_ops import (
     CONFLICT,
     HGET_MANY_LUA,
     TOP_MANY_LUA,
+    VALUES_AND_TOPS_LUA,
     ZSCORES_MANY_LUA,
     encode_ops,
 )
@@ -44,6 +45,7 @@ class RedisStore:
         self._hget_many = self._client.register_script(HGET_MANY_LUA)
         self._top_many = self._client.register_script(TOP_MANY_LUA)
         self._zscores_many = self._client.register_script(ZSCORES_MANY_LUA)
+        self._values_and_tops = self._client.register_script(VALUES_AND_TOPS_LUA)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -92,9 +94,27 @@ class RedisStore:
         rows: list[list[bytes]] = self._call(
             "top_many", lambda: self._top_many(keys=list(keys), args=[k])
         )
-        return [
-            [(row[j].decode(), float(row[j + 1])) for j in range(0, len(row), 2)] for row in rows
+        return [_pairs(row) for row in rows]
+
+    def values_and_tops(
+        self, value_keys: Sequence[str], top_keys: Sequence[str], k: int
+    ) -> tuple[list[bytes | None], list[list[tuple[str, float]]]]:
+        """GET of ``value_keys`` and ZREVRANGE of ``top_keys``, in one script call."""
+        if k <= 0:
+            return self.get_bytes(value_keys), [[] for _ in top_keys]
+        keys = [*value_keys, *top_keys]
+        if not keys:
+            return [], []
+        rows: list[Any] = self._call(
+            "values_and_tops",
+            lambda: self._values_and_tops(keys=keys, args=[len(value_keys), k]),
+        )
+        n = len(value_keys)
+        tops = [
+            [(row[j].decode(), float(row[j + 1])) for j in range(0, len(row), 2)]
+            for row in rows[n:]
         ]
+        return [v if v else None for v in rows[:n]], tops
 
     def zscores(self, key: str, members: Sequence[str]) -> list[float | None]:
         """ZMSCORE."""
@@ -200,3 +220,8 @@ class RedisStore:
 def _glob_escape(text: str) -> str:
     """Escape SCAN MATCH metacharacters (key prefixes contain braces and may contain []?*)."""
     return "".join("\\" + c if c in "[]?*\\" else c for c in text)
+
+
+def _pairs(row: list[bytes]) -> list[tuple[str, float]]:
+    """A flat WITHSCORES reply as (member, score) pairs."""
+    return [(row[j].decode(), float(row[j + 1])) for j in range(0, len(row), 2)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -162,7 +163,8 @@ class Funnel:
         )
 
     def _retrieve(self, ctx: FeedContext) -> dict[str, Ranked]:
-        """Every enabled source, concurrently, each cut off at its budget."""
+        """Every enabled source: the store-bound ones on the pool, concurrently with the local
+        ones in this thread; a pooled source still running at its budget is left out."""
         started = time.perf_counter()
         futures: dict[str, Future[Ranked]] = {}
         timings: dict[str, float] = {}
@@ -175,25 +177,40 @@ class Funnel:
                 timings[source.name] = (time.perf_counter() - t0) * 1000.0
 
         for name, source in self.sources.items():
-            futures[name] = self._pool.submit(run, source, self.settings.sources[name].k)
+            if not source.local:
+                futures[name] = self._pool.submit(run, source, self.settings.sources[name].k)
         out: dict[str, Ranked] = {}
+        for name, source in self.sources.items():
+            if source.local:
+                out[name] = self._guarded(
+                    ctx, name, lambda s=source, n=name: run(s, self.settings.sources[n].k)
+                )
+                ctx.trace.sources[name]["ms"] = round(timings.get(name, 0.0), 3)
         for name, future in futures.items():
             budget_s = self.settings.sources[name].budget_ms / 1000.0
             remaining = budget_s - (time.perf_counter() - started)
-            info: dict[str, object]
             try:
-                out[name] = future.result(timeout=max(remaining, 0.0))
-                info = {"candidates": len(out[name])}
+                out[name] = self._guarded(
+                    ctx, name, lambda f=future, r=remaining: f.result(timeout=max(r, 0.0))
+                )
             except FutureTimeout:
-                info = {"candidates": 0, "timed_out": True}
-            except StoreUnavailableError:
-                raise
-            except Exception:  # noqa: BLE001 - one broken source must not break the feed
-                log.exception("candidate source %s failed", name)
-                info = {"candidates": 0, "error": True}
-            info["ms"] = round(timings.get(name, budget_s * 1000.0), 3)
-            ctx.trace.sources[name] = info
+                ctx.trace.sources[name] = {"candidates": 0, "timed_out": True}
+            ctx.trace.sources[name]["ms"] = round(timings.get(name, budget_s * 1000.0), 3)
         return out
+
+    @staticmethod
+    def _guarded(ctx: FeedContext, name: str, fetch: Callable[[], Ranked]) -> Ranked:
+        """A source's candidates; a broken source is logged and left out, never fatal."""
+        try:
+            ranked = fetch()
+        except (StoreUnavailableError, FutureTimeout):
+            raise
+        except Exception:  # noqa: BLE001 - one broken source must not break the feed
+            log.exception("candidate source %s failed", name)
+            ctx.trace.sources[name] = {"candidates": 0, "error": True}
+            return []
+        ctx.trace.sources[name] = {"candidates": len(ranked)}
+        return ranked
 
     def _candidates(self, by_source: dict[str, Ranked]) -> list[Candidate]:
         """One candidate per item, remembering every source that proposed it."""

@@ -126,12 +126,13 @@ class LiveReader:
     # --- per user -----------------------------------------------------------------------
 
     def user_state(self, user_id: str, recent_n: int, now_s: float) -> UserState:
-        """Session and long-term vectors and the latest items: two batched reads."""
+        """Session and long-term vectors and the latest items: one round trip."""
         dim = self.features.embedding_dim
-        raw_session, raw_user = self.store.get_bytes(
-            [self.keys.session_embedding(user_id), self.keys.user_embedding(user_id)]
+        (raw_session, raw_user), (recent,) = self.store.values_and_tops(
+            [self.keys.session_embedding(user_id), self.keys.user_embedding(user_id)],
+            [self.keys.seen(user_id)],
+            recent_n,
         )
-        (recent,) = self.store.top_many([self.keys.seen(user_id)], recent_n)
         session = _state(raw_session, dim)
         if session is not None and now_s * 1000 - session.last_ts_ms > (
             self.features.session_gap_s * 1000

@@ -61,8 +61,8 @@ class Scorer:
             # Fetched once here; ordering's MMR reuses them.
             vectors = index.vectors(ids)
             live = np.flatnonzero(np.any(vectors, axis=1))
-            for n in live.tolist():
-                candidates[n].vector = vectors[n]
+            for row in live.tolist():
+                candidates[row].vector = vectors[row]
             if ctx.user.session is not None:
                 x[:, col["cos_session"]] = vectors @ ctx.user.session
             if ctx.user.long_term is not None:

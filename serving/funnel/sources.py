@@ -24,6 +24,10 @@ class CandidateSource(ABC):
     """One way of proposing items for a feed."""
 
     name: ClassVar[str]
+    #: Served from this process's memory (the ANN replica, lists cached for a second): run
+    #: in the request's thread, where a thread hop would cost more than the source itself.
+    #: The others wait on the store and run on the source pool, within their time budget.
+    local: ClassVar[bool] = True
 
     def __init__(self, live: LiveReader, settings: FunnelSettings) -> None:
         self.live = live
@@ -69,6 +73,7 @@ class CovisitationSource(CandidateSource):
     """What users went on to after the user's recent items, newer items weighing more."""
 
     name = "covisitation"
+    local = False
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         recent = [item for item, _ in ctx.user.recent]
@@ -122,6 +127,7 @@ class SimilarItemSource(CandidateSource):
     """Items like the request's seed item: its embedding neighbours and co-visitation."""
 
     name = "similar_item"
+    local = False
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         seed = ctx.request.item_id

@@ -160,6 +160,16 @@ def test_top_many_and_dump(store: Store, keys: Keys) -> None:
     }
 
 
+def test_values_and_tops_read_together(store: Store, keys: Keys) -> None:
+    commit(store, lambda b: b.set_bytes(keys.session_embedding("a"), b"\x00\x01"))
+    commit(store, lambda b: b.zadd(keys.seen("a"), {"x": 1.0, "y": 2.0, "z": 3.0}))
+    values, tops = store.values_and_tops(
+        [keys.session_embedding("a"), keys.user_embedding("a")], [keys.seen("a"), keys.seen("b")], 2
+    )
+    assert values == [b"\x00\x01", None]
+    assert tops == [[("z", 3.0), ("y", 2.0)], []]
+
+
 def test_zscores_many_reads_several_keys_at_once(store: Store, keys: Keys) -> None:
     a, b_ = keys.seen("a"), keys.negatives("a")
     commit(store, lambda b: b.zadd(a, {"x": 1.5, "y": 2.0}))
