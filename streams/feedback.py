@@ -184,15 +184,16 @@ class FeedbackProcessor:
             done: list[str] = []
             for member, _ in sorted(row, key=lambda pair: (pair[1], pair[0])):
                 request_id, item_id, ts = _decode_pending(member)
-                if request_id is not None:
-                    record = mine.get(request_id)
-                else:
-                    record = self.attribution.match(by_user[user], item_id, ts)
-                if record is None:
+                found: OpenImpression | None = (
+                    mine.get(request_id)
+                    if request_id is not None
+                    else self.attribution.match(by_user[user], item_id, ts)
+                )
+                if found is None:
                     continue
                 done.append(member)
-                if self.attribution.click(record, item_id, ts):
-                    dirty.add(record.request_id)
+                if self.attribution.click(found, item_id, ts):
+                    dirty.add(found.request_id)
                     self.stats.attributed += 1
                     self.stats.pending -= 1
             if done:

@@ -22,6 +22,10 @@ class Filter(ABC):
         ctx.trace.removed[self.name] = ctx.trace.removed.get(self.name, 0) + removed
         return kept
 
+    def keep(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Candidate]:
+        """The kept candidates, without counting removals."""
+        return self._apply(ctx, candidates)
+
     @abstractmethod
     def _apply(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Candidate]: ...
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -90,7 +91,8 @@ class Funnel:
             return self._degraded(request)
 
     def similar_items(self, request: FeedRequest) -> FeedResult:
-        """Items like ``request.item_id``, filtered for availability, best first."""
+        """Items like ``request.item_id`` that may be shown (availability and the business
+        rules), best first."""
         trace = Trace()
         watch = Stopwatch(trace)
         user = UserState(None, None, [])
@@ -100,7 +102,7 @@ class Funnel:
         ranked = self.similar.candidates(ctx, request.k * 3)
         watch.lap("retrieval")
         candidates = self._candidates({"similar_item": ranked})
-        for f in pre_filters():
+        for f in [*pre_filters(), *post_filters(self.settings, set(), set())]:
             candidates = f.apply(ctx, candidates)
         watch.lap("filtering")
         slots = [Slot(c, "similar_item", 1.0) for c in candidates[: request.k]]
@@ -113,7 +115,9 @@ class Funnel:
         watch = Stopwatch(trace)
         settings = self.settings
         user = self.live.user_state(request.user_id, settings.recent_items, request.now_s)
-        recent_metas = self.live.metas([i for i, _ in user.recent])
+        # Skipped and dismissed items are in the seen-set too; they are no interest.
+        liked = [(i, ts) for i, ts in user.recent if i not in user.negative]
+        recent_metas = self.live.metas([i for i, _ in liked])
         ctx = FeedContext(
             request,
             user,
@@ -121,7 +125,7 @@ class Funnel:
             request_rng(settings.seed, request.request_id),
             trace,
         )
-        ctx.interests, ctx.interest_shares = interests(user.recent, recent_metas)
+        ctx.interests, ctx.interest_shares = interests(liked, recent_metas)
         watch.lap("user_state")
 
         by_source = self._retrieve(ctx)
@@ -136,11 +140,11 @@ class Funnel:
         state = self.live.candidate_state(request.user_id, ids + pinned_ids, request.now_s)
         for f in post_filters(settings, state.seen, state.negative):
             candidates = f.apply(ctx, candidates)
-        pinned = self._pinned(pinned_ids, state.seen | state.negative)
+        pinned = self._pinned(ctx, pinned_ids, state.seen, state.negative)
         ctx.counts = state.counts
         watch.lap("filtering")
 
-        self.scorer.score(ctx, candidates)
+        version = self.scorer.score(ctx, candidates)
         watch.lap("scoring")
 
         slots = self.slates.build(
@@ -158,7 +162,7 @@ class Funnel:
             slots,
             trace,
             ctx.segment,
-            f"{POLICY}/{self.scorer.version}",
+            f"{POLICY}/{version}",
             self.scorer.columns,
         )
 
@@ -183,16 +187,14 @@ class Funnel:
         for name, source in self.sources.items():
             if source.local:
                 out[name] = self._guarded(
-                    ctx, name, lambda s=source, n=name: run(s, self.settings.sources[n].k)
+                    ctx, name, partial(run, source, self.settings.sources[name].k)
                 )
                 ctx.trace.sources[name]["ms"] = round(timings.get(name, 0.0), 3)
         for name, future in futures.items():
             budget_s = self.settings.sources[name].budget_ms / 1000.0
-            remaining = budget_s - (time.perf_counter() - started)
+            remaining = max(budget_s - (time.perf_counter() - started), 0.0)
             try:
-                out[name] = self._guarded(
-                    ctx, name, lambda f=future, r=remaining: f.result(timeout=max(r, 0.0))
-                )
+                out[name] = self._guarded(ctx, name, partial(future.result, timeout=remaining))
             except FutureTimeout:
                 ctx.trace.sources[name] = {"candidates": 0, "timed_out": True}
             ctx.trace.sources[name]["ms"] = round(timings.get(name, budget_s * 1000.0), 3)
@@ -226,17 +228,19 @@ class Funnel:
             candidate.meta = meta
         return list(merged.values())
 
-    def _pinned(self, ids: list[str], hidden: set[str]) -> dict[str, Candidate]:
-        """Pinned items that pass the filters (pinning never shows a deleted item)."""
+    def _pinned(
+        self, ctx: FeedContext, ids: list[str], seen: set[str], negative: set[str]
+    ) -> dict[str, Candidate]:
+        """Pinned items that pass every filter the feed's candidates pass (their removals are
+        not counted: they were never retrieved)."""
         if not ids:
             return {}
-        pinned = [
+        kept = [
             Candidate(i, {"pinned": 1.0}, meta)
             for i, meta in zip(ids, self.live.metas(ids), strict=True)
         ]
-        kept = [
-            c for c in pinned if c.item_id not in hidden and (c.meta is None or c.meta.available)
-        ]
+        for f in [*pre_filters(), *post_filters(self.settings, seen, negative)]:
+            kept = f.keep(ctx, kept)
         for c in kept:
             c.features = np.zeros(len(self.scorer.columns), np.float32)
         return {c.item_id: c for c in kept}

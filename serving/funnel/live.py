@@ -39,6 +39,7 @@ class UserState:
     session: Vector | None
     long_term: Vector | None
     recent: list[tuple[str, float]]  # (item, event time ms), newest first
+    negative: frozenset[str] = frozenset()  # of the recent items, those skipped or dismissed
 
     @property
     def is_new(self) -> bool:
@@ -128,9 +129,9 @@ class LiveReader:
     def user_state(self, user_id: str, recent_n: int, now_s: float) -> UserState:
         """Session and long-term vectors and the latest items: one round trip."""
         dim = self.features.embedding_dim
-        (raw_session, raw_user), (recent,) = self.store.values_and_tops(
+        (raw_session, raw_user), (recent, negatives) = self.store.values_and_tops(
             [self.keys.session_embedding(user_id), self.keys.user_embedding(user_id)],
-            [self.keys.seen(user_id)],
+            [self.keys.seen(user_id), self.keys.negatives(user_id)],
             recent_n,
         )
         session = _state(raw_session, dim)
@@ -138,7 +139,9 @@ class LiveReader:
             self.features.session_gap_s * 1000
         ):
             session = None  # the session is over; the next event starts a new one
-        return UserState(vector(session), vector(_state(raw_user, dim)), recent)
+        recent_ids = {i for i, _ in recent}
+        negative = frozenset(i for i, _ in negatives if i in recent_ids)
+        return UserState(vector(session), vector(_state(raw_user, dim)), recent, negative)
 
     def candidate_state(self, user_id: str, items: Sequence[str], now_s: float) -> CandidateState:
         """Per item: seen by the user, skipped or dismissed by them, and its decayed short and

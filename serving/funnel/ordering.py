@@ -51,6 +51,9 @@ class SlateBuilder:
         pinned: Mapping[str, Candidate] | None = None,
     ) -> list[Slot]:
         """The slate; ``pinned`` holds the pinned items that passed the filters."""
+        pinned = pinned or {}
+        # A pinned item shows at its position only, never earlier through a source.
+        candidates = [c for c in candidates if c.item_id not in pinned]
         value = {c.item_id: self._value(c, ctx.request.now_s) for c in candidates}
         by_source: dict[str, list[Candidate]] = {}
         for c in sorted(candidates, key=lambda c: (-value[c.item_id], c.item_id)):
@@ -68,7 +71,7 @@ class SlateBuilder:
         estimates: dict[tuple[str, ...], dict[str, float]] = {}
         capped: set[str] = set()
         while len(slots) < k:
-            slot = self._fixed(len(slots), young, placed, pinned or {})
+            slot = self._fixed(len(slots), young, placed, pinned, creators, categories)
             if slot is None:
                 # A source is in the draw only if it can fill this slot within the caps;
                 # caps and placements only tighten, so one that cannot never will again.
@@ -80,7 +83,18 @@ class SlateBuilder:
                     else:
                         del by_source[source]
                 if not pools:
-                    break
+                    # Out of candidates: pinned items still due are shown, in position order.
+                    due = [
+                        pinned[i]
+                        for _, i in sorted(self.pinned.items())
+                        if i in pinned and i not in placed
+                    ]
+                    if not due:
+                        break
+                    slot = Slot(due[0], PINNED, 1.0)
+                    slots.append(slot)
+                    placed.add(slot.candidate.item_id)
+                    continue
                 names = tuple(sorted(pools))
                 probs = estimates.get(names)
                 if probs is None:
@@ -113,14 +127,16 @@ class SlateBuilder:
         young: list[Candidate],
         placed: set[str],
         pinned: Mapping[str, Candidate],
+        creators: Counter[str],
+        categories: Counter[str],
     ) -> Slot | None:
         item = self.pinned.get(position)
         if item is not None and item in pinned and item not in placed:
             return Slot(pinned[item], PINNED, 1.0)
         if position in self.settings.exploration_slots:
-            newest = next((c for c in young if c.item_id not in placed), None)
-            if newest is not None:
-                return Slot(newest, EXPLORE, 1.0)
+            newest = self._pool(young, placed, creators, categories, set(), size=1)
+            if newest:
+                return Slot(newest[0], EXPLORE, 1.0)
         return None
 
     def _young(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Candidate]:
@@ -137,11 +153,12 @@ class SlateBuilder:
         return sorted(young, key=lambda c: (-(c.meta.created_at_ms if c.meta else 0), c.item_id))
 
     def _value(self, c: Candidate, now_s: float) -> float:
-        """The score with the freshness boost: (1 + b·2^(−age/h)) · score."""
+        """The score raised by the freshness boost: ``score + b·2^(−age/h)·|score|`` (a
+        relative boost that also raises negative scores)."""
         boost = self.settings.freshness_boost
         if boost and c.meta is not None and c.meta.created_at_ms > 0:
             halvings = age_hours(c.meta, now_s) * 3600.0 / self.settings.freshness_half_life_s
-            return c.score * (1.0 + boost * math.pow(2.0, -halvings))
+            return c.score + boost * math.pow(2.0, -halvings) * abs(c.score)
         return c.score
 
     def _pool(
@@ -151,8 +168,10 @@ class SlateBuilder:
         creators: Counter[str],
         categories: Counter[str],
         capped: set[str],
+        size: int | None = None,
     ) -> list[Candidate]:
-        """The source's best few open candidates within the caps."""
+        """The best few (``size``, default ``mmr_pool``) open candidates within the caps."""
+        size = size or self.settings.mmr_pool
         pool: list[Candidate] = []
         cap_creator, cap_category = self.settings.max_per_creator, self.settings.max_per_category
         for c in candidates:
@@ -170,7 +189,7 @@ class SlateBuilder:
                 capped.add(c.item_id)
                 continue
             pool.append(c)
-            if len(pool) >= self.settings.mmr_pool:
+            if len(pool) >= size:
                 break
         return pool
 

@@ -41,8 +41,8 @@ class Scorer:
         self.sources = list(sources)
         self.columns = feature_names(self.sources)
         self.min_examples = min_examples
-        self._weights: RankerWeights | None = None
-        self._scorer: LinearScorer | None = None
+        # Replaced whole (one assignment), so concurrent requests never see half of it.
+        self._cached: tuple[RankerWeights, LinearScorer] | None = None
 
     def features(self, ctx: FeedContext, candidates: list[Candidate]) -> np.ndarray:
         """The (candidates × columns) float32 matrix."""
@@ -89,25 +89,27 @@ class Scorer:
         ]
         return x
 
-    def score(self, ctx: FeedContext, candidates: list[Candidate]) -> None:
-        """Set each candidate's ``features`` and ``score``."""
+    def score(self, ctx: FeedContext, candidates: list[Candidate]) -> str:
+        """Set each candidate's ``features`` and ``score``; return which model scored them
+        (for the impression's policy version)."""
         x = self.features(ctx, candidates)
         weights = self.live.ranker()
         if weights.examples >= self.min_examples and weights.examples > 0:
-            if weights is not self._weights:
-                self._weights, self._scorer = weights, LinearScorer(weights, self.columns)
-            assert self._scorer is not None
-            scores = self._scorer.score(x)
+            scores = self._linear(weights).score(x)
+            version = f"ranker@{weights.examples}"
             ctx.trace.scorer = {"model": "ranker", "examples": weights.examples}
         else:
             scores = heuristic_scores(self.columns, x)
+            version = "heuristic"
             ctx.trace.scorer = {"model": "heuristic", "examples": weights.examples}
         for n, candidate in enumerate(candidates):
             candidate.features = x[n]
             candidate.score = float(scores[n])
+        return version
 
-    @property
-    def version(self) -> str:
-        """Which model the last scores came from (for the impression's policy version)."""
-        w = self._weights
-        return "heuristic" if w is None else f"ranker@{w.examples}"
+    def _linear(self, weights: RankerWeights) -> LinearScorer:
+        """A scorer for ``weights``, rebuilt only when they were reloaded."""
+        cached = self._cached
+        if cached is None or cached[0] is not weights:
+            cached = self._cached = (weights, LinearScorer(weights, self.columns))
+        return cached[1]

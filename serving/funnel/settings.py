@@ -77,7 +77,7 @@ class FunnelSettings(BaseModel):
     # Items placed at fixed positions of every feed.
     pinned: list[PinnedItem] = Field(default_factory=list)
     # Seed of the ordering policy's draws; mixed with each request id.
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # How long global lists (trending, popular, fresh) and bandit posteriors are reused.
     live_lists_ttl_s: float = Field(1.0, ge=0.0, le=60.0)
     # Seconds between reloads of the ranker weights.

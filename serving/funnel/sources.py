@@ -76,13 +76,15 @@ class CovisitationSource(CandidateSource):
     local = False
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
-        recent = [item for item, _ in ctx.user.recent]
+        # What followed a skipped or dismissed item is no lead.
+        recent = [item for item, _ in ctx.user.recent if item not in ctx.user.negative]
         if not recent:
             return []
         # Enough per recent item to fill k after overlaps, not k each.
         per_item = max(10, 2 * k // len(recent))
         rows = self.live.covisited(recent, per_item, ctx.request.now_s)
-        return _blend(rows, [1.0 / (1 + n) for n in range(len(rows))], exclude=set(recent))
+        seen = {item for item, _ in ctx.user.recent}
+        return _blend(rows, [1.0 / (1 + n) for n in range(len(rows))], exclude=seen)
 
 
 class TrendingSource(CandidateSource):
