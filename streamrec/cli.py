@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamrec.settings import Settings, load_settings
+from streamrec.cli_common import ConfigOption, _setup, _stop_on_signals, console
+from streamrec.commands import register_all
 
 app = typer.Typer(
     help="streamrec: real-time recommendations from an event stream.", no_args_is_help=True
@@ -32,31 +30,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(services_app, name="services")
 app.add_typer(bench_app, name="bench")
 app.add_typer(train_app, name="train")
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config file (or STREAMREC_CONFIG_FILE).")
-]
-console = Console(stderr=True)
-log = logging.getLogger("streamrec")
-
-
-def _setup(config: Path | None, verbose: bool = False) -> Settings:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return load_settings(config)
-    except Exception as exc:  # noqa: BLE001 - one readable line instead of a traceback
-        console.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+register_all(app, bench_app)
 
 
 @config_app.command("show")
