@@ -44,6 +44,9 @@ def impression_of(result: FeedResult, method: str) -> Impression:
                     if slot.candidate.features is not None and result.feature_names
                     else None
                 ),
+                source_probabilities=(
+                    dict(slot.probabilities) if slot.probabilities is not None else None
+                ),
             )
             for position, slot in enumerate(result.slots)
         ],

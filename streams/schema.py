@@ -76,6 +76,15 @@ class ImpressionSlot(msgspec.Struct, kw_only=True, frozen=True):
     # The ranker's inputs as served, aligned with the impression's ``feature_names``: the
     # worker learns from exactly what the server saw.
     features: Annotated[list[float], msgspec.Meta(max_length=256)] | None = None
+    # The probability of every source that could have filled the slot (the chosen one's is
+    # ``propensity``); absent for fixed slots (pinned, exploration).
+    source_probabilities: (
+        Annotated[
+            dict[ShortText, Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]],
+            msgspec.Meta(max_length=64),
+        ]
+        | None
+    ) = None
 
 
 class Impression(msgspec.Struct, kw_only=True, frozen=True):

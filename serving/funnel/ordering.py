@@ -31,6 +31,9 @@ class Slot:
     candidate: Candidate
     source: str
     propensity: float
+    # The whole distribution the source was drawn from (bandit slots only): what off-policy
+    # evaluation needs to ask how another policy would have chosen.
+    probabilities: Mapping[str, float] | None = None
 
 
 class SlateBuilder:
@@ -105,7 +108,7 @@ class SlateBuilder:
                 if "first_slot_probabilities" not in ctx.trace.ordering:
                     ctx.trace.ordering["first_slot_probabilities"] = probs
                 pick = self._mmr(pools[source], value, vectors, chosen_vectors)
-                slot = Slot(pick, source, propensity)
+                slot = Slot(pick, source, propensity, probs)
             slots.append(slot)
             placed.add(slot.candidate.item_id)
             meta = slot.candidate.meta
