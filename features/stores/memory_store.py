@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -134,6 +135,8 @@ class InMemoryStore:
             zset = self._live_zset(key)
             if not zset or k <= 0:
                 return []
+            if k < len(zset) // 4:
+                return heapq.nlargest(k, zset.items(), key=_rank_key)
             return sorted(zset.items(), key=_rank_key, reverse=True)[:k]
 
     def lowest(self, key: str, max_score: float, limit: int) -> list[tuple[str, float]]:

@@ -144,7 +144,7 @@ def pre_filters() -> list[Filter]:
 def post_filters(settings: FunnelSettings, seen: set[str], negative: set[str]) -> list[Filter]:
     """Filters that need the user's state and the business rules."""
     return [
-        SeenFilter(seen),
+        SeenFilter(seen if settings.exclude_seen else set()),
         NegativeFilter(negative),
         BlockedCreatorFilter(settings),
         RestrictedCategoryFilter(settings),

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -52,6 +52,8 @@ class FeedResult:
     policy_version: str
     feature_names: list[str]
     degraded: bool = False
+    # Each source's candidates, best first, before filtering (for per-source recall).
+    retrieved: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Funnel:
@@ -164,6 +166,7 @@ class Funnel:
             ctx.segment,
             f"{POLICY}/{version}",
             self.scorer.columns,
+            retrieved={name: [i for i, _ in ranked] for name, ranked in by_source.items()},
         )
 
     def _retrieve(self, ctx: FeedContext) -> dict[str, Ranked]:

@@ -48,6 +48,8 @@ class FunnelSettings(BaseModel):
     recent_items: int = Field(10, ge=1, le=1000)
     # Categories of the user's recent items that the trending source also reads.
     interest_categories: int = Field(3, ge=0, le=50)
+    # Leave out items the user already interacted with (off: re-consumption feeds, e.g. music).
+    exclude_seen: bool = True
     # Creators whose items are never shown.
     blocked_creators: list[str] = Field(default_factory=list)
     # Categories never shown unless a request asks for them by name.

@@ -44,6 +44,10 @@ class CandidateSource(ABC):
     @abstractmethod
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked: ...
 
+    def _recent(self, ctx: FeedContext) -> set[str]:
+        """The user's latest items, which personal sources leave out unless repeats are on."""
+        return {i for i, _ in ctx.user.recent} if self.settings.exclude_seen else set()
+
 
 class SessionAnnSource(CandidateSource):
     """Nearest items to the current session's embedding (HNSW)."""
@@ -54,7 +58,7 @@ class SessionAnnSource(CandidateSource):
         index = self.live.index
         if index is None or ctx.user.session is None:
             return []
-        return index.query(ctx.user.session, k, exclude={i for i, _ in ctx.user.recent})
+        return index.query(ctx.user.session, k, exclude=self._recent(ctx))
 
 
 class UserAnnSource(CandidateSource):
@@ -66,7 +70,7 @@ class UserAnnSource(CandidateSource):
         index = self.live.index
         if index is None or ctx.user.long_term is None:
             return []
-        return index.query(ctx.user.long_term, k, exclude={i for i, _ in ctx.user.recent})
+        return index.query(ctx.user.long_term, k, exclude=self._recent(ctx))
 
 
 class CovisitationSource(CandidateSource):
@@ -83,8 +87,7 @@ class CovisitationSource(CandidateSource):
         # Enough per recent item to fill k after overlaps, not k each.
         per_item = max(10, 2 * k // len(recent))
         rows = self.live.covisited(recent, per_item, ctx.request.now_s)
-        seen = {item for item, _ in ctx.user.recent}
-        return _blend(rows, [1.0 / (1 + n) for n in range(len(rows))], exclude=seen)
+        return _blend(rows, [1.0 / (1 + n) for n in range(len(rows))], exclude=self._recent(ctx))
 
 
 class TrendingSource(CandidateSource):

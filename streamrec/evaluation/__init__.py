@@ -1,0 +1,1 @@
+"""Evaluation of the whole funnel: prequential replay, baselines, off-policy estimates."""

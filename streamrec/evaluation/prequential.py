@@ -1,0 +1,266 @@
+"""Prequential (test-then-learn) evaluation of the whole funnel on a recorded stream.
+
+Events go through the very processors the worker runs (an embedded worker on an in-process
+bus and the in-memory store) and requests through the very funnel and feed service the API
+runs, with the ANN replica fed synchronously. In event-time order, before each target
+interaction is applied, the user's top-K is asked for at that event's time and the target
+item's rank recorded; then the event is applied. The funnel's own impressions go back
+through the bus, so a target found in a served feed is attributed to the source that placed
+it, and the bandit and the ranker learn as they would live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.keys import Keys
+from features.stores.memory_store import InMemoryStore
+from serving.feed import FeedService
+from serving.funnel.context import FeedRequest
+from serving.funnel.funnel import Funnel
+from serving.metrics import FeedMetrics
+from serving.resources import Resources
+from streamrec.evaluation.baselines import ItemCovisitation, MostPopular
+from streamrec.evaluation.metrics import ExposureAccumulator, RankAccumulator, rank_of
+from streamrec.settings import Settings
+from streamrec.wiring import build_worker, validator
+from streams.bus import InProcessBus
+from streams.replica import IndexReplica
+from streams.schema import Event, Interaction, Item, encode, event_key
+from streams.transport import RawMessage
+
+#: Interactions that are targets by default: everything but skips and dismissals, which say
+#: what the user did not want.
+DEFAULT_TARGETS = frozenset({"view", "click", "like", "share", "add_to_cart", "purchase"})
+STAGES = ("user_state", "retrieval", "filtering", "scoring", "ordering")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a prequential run asks and counts."""
+
+    cutoffs: tuple[int, ...] = (10, 20)
+    exclude_seen: bool = True
+    seed: int = 0
+    limit: int | None = None  # events read at most
+    warmup: int = 0  # first events only learned from
+    targets: frozenset[str] = DEFAULT_TARGETS
+    learn_ordering: bool = True  # log the funnel's impressions back into the stream
+    series_every: int = 500  # evaluated events per point of the time series
+
+
+class _NoSink:
+    """Impressions go nowhere (``learn_ordering`` off)."""
+
+    def send(self, event: Event) -> None:
+        """Drop the event."""
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Nothing is queued."""
+        return 0
+
+
+@dataclass
+class _Window:
+    """One point of the time series."""
+
+    hits: Counter[str] = field(default_factory=Counter)
+    count: int = 0
+    slots: Counter[str] = field(default_factory=Counter)
+
+
+class PrequentialRun:
+    """One test-then-learn pass over a stream."""
+
+    def __init__(self, settings: Settings, options: EvalOptions) -> None:
+        self.options = options
+        funnel_settings = settings.funnel.model_copy(
+            update={
+                "exclude_seen": options.exclude_seen,
+                "seed": options.seed,
+                # State changes with every event: nothing may be reused across requests.
+                "live_lists_ttl_s": 0.0,
+                "model_reload_s": 1e-6,
+            }
+        )
+        self.settings = settings.model_copy(update={"funnel": funnel_settings})
+        self.bus = InProcessBus(partitions=1, topics=settings.topics)
+        self.store = InMemoryStore()
+        self.worker = build_worker(
+            self.settings,
+            self.bus.source(settings.topics.worker_inputs, "evaluate"),
+            self.store,
+            self.bus,
+            worker_id="evaluate",
+        )
+        self.replica = IndexReplica(
+            topic=settings.topics.items,
+            dim=settings.features.embedding_dim,
+            source_factory=lambda start: self.bus.tail_source(settings.topics.items, start),
+            validator=validator(settings),
+        )
+        resources = Resources(
+            store=self.store,
+            sink=self.bus,
+            keys=Keys(settings.namespace),
+            features=settings.features,
+            validator=validator(settings),
+            transport_probe=lambda: (True, "in-process bus"),
+            replica=self.replica,
+            learning=settings.learning,
+            funnel=funnel_settings,
+        )
+        self.funnel = Funnel(resources.live, funnel_settings, settings.learning)
+        sink = self.bus if options.learn_ordering else _NoSink()
+        self.service = FeedService(self.funnel, sink, FeedMetrics())
+        self.popular = MostPopular()
+        self.covisitation = ItemCovisitation(window=settings.features.covisitation_window)
+        self.seen: dict[str, set[str]] = defaultdict(set)
+        self.k = max(options.cutoffs)
+        self.ranks = {name: RankAccumulator(options.cutoffs) for name in self._systems()}
+        self.warm = {name: RankAccumulator(options.cutoffs) for name in self._systems()}
+        self.exposure = ExposureAccumulator()
+        self.source_found: Counter[str] = Counter()
+        self.removed: Counter[str] = Counter()
+        self.stage_ms: dict[str, list[float]] = defaultdict(list)
+        self.catalog: set[str] = set()
+        self.series: list[_Window] = [_Window()]
+        self.events = self.evaluated = self.warm_evaluated = 0
+        self._offset = 0
+
+    @staticmethod
+    def _systems() -> tuple[str, ...]:
+        return ("funnel", MostPopular.name, ItemCovisitation.name)
+
+    def run(self, events: Iterable[Event]) -> dict[str, Any]:
+        """Evaluate then apply every event; return the report."""
+        started = time.perf_counter()
+        for event in events:
+            if self.options.limit is not None and self.events >= self.options.limit:
+                break
+            self.events += 1
+            if isinstance(event, Item):
+                self.catalog.add(event.item_id)
+                self.replica.apply([self._raw(event)])
+            elif isinstance(event, Interaction):
+                self.catalog.add(event.item_id)
+                learned = self.events > self.options.warmup
+                if learned and event.type in self.options.targets:
+                    self._evaluate(event)
+                if event.type in self.options.targets:
+                    self.popular.learn(event.user_id, event.item_id)
+                    self.covisitation.learn(event.user_id, event.item_id)
+                self.seen[event.user_id].add(event.item_id)
+            self._apply(event)
+        elapsed = time.perf_counter() - started
+        return self._report(elapsed)
+
+    def _evaluate(self, event: Interaction) -> None:
+        user, target = event.user_id, event.item_id
+        warm = bool(self.seen.get(user))
+        exclude = self.seen[user] if self.options.exclude_seen else set()
+        request = FeedRequest(
+            user_id=user,
+            k=self.k,
+            now_s=event.ts / 1000.0,
+            request_id=f"eval-{self.options.seed}-{self.events}",
+            device=str(event.context.get("device")) if "device" in event.context else None,
+        )
+        result = self.service.feed(request)
+        ranked = [slot.candidate.item_id for slot in result.slots]
+        answers = {
+            "funnel": ranked,
+            MostPopular.name: self.popular.top(self.k, exclude),
+            ItemCovisitation.name: self.covisitation.top(user, self.k, exclude),
+        }
+        window = self.series[-1]
+        for name, items in answers.items():
+            rank = rank_of(target, items)
+            self.ranks[name].add(rank)
+            if warm:
+                self.warm[name].add(rank)
+            if rank is not None and rank <= min(self.options.cutoffs):
+                window.hits[name] += 1
+        window.count += 1
+        window.slots.update(slot.source for slot in result.slots)
+        for source, items in result.retrieved.items():
+            if target in items:
+                self.source_found[source] += 1
+        self.removed.update(result.trace.removed)
+        for stage, ms in result.trace.stages_ms.items():
+            self.stage_ms[stage].append(ms)
+        self.exposure.add(ranked, self.popular.counts, sum(self.popular.counts.values()))
+        self.evaluated += 1
+        self.warm_evaluated += warm
+        if window.count >= self.options.series_every:
+            self.series.append(_Window())
+
+    def _apply(self, event: Event) -> None:
+        self.bus.send(event)
+        # Poll only what is there: an empty poll waits out the batch timeout.
+        while any(self.worker.source.lag().values()):
+            self.worker.run_once()
+
+    def _raw(self, item: Item) -> RawMessage:
+        self._offset += 1
+        return RawMessage(
+            self.settings.topics.items, 0, self._offset, event_key(item), encode(item)
+        )
+
+    def _report(self, elapsed_s: float) -> dict[str, Any]:
+        n = max(self.evaluated, 1)
+        cut = min(self.options.cutoffs)
+        metrics = {
+            name: {"all": acc.summary(), "warm": self.warm[name].summary()}
+            for name, acc in self.ranks.items()
+        }
+        stages: dict[str, dict[str, float]] = {}
+        for stage, values in self.stage_ms.items():
+            ordered = sorted(values)
+            stages[stage] = {
+                "mean": sum(ordered) / len(ordered),
+                "p50": ordered[len(ordered) // 2],
+                "p99": ordered[min(len(ordered) - 1, (len(ordered) * 99) // 100)],
+            }
+        series = [w for w in self.series if w.count]
+        return {
+            "events": self.events,
+            "evaluated": self.evaluated,
+            "warm_evaluated": self.warm_evaluated,
+            "warmup": self.options.warmup,
+            "exclude_seen": self.options.exclude_seen,
+            "seed": self.options.seed,
+            f"hr_at_{cut}": metrics["funnel"]["all"][f"hr@{cut}"],
+            f"baseline_pop_hr_at_{cut}": metrics[MostPopular.name]["all"][f"hr@{cut}"],
+            f"baseline_covis_hr_at_{cut}": metrics[ItemCovisitation.name]["all"][f"hr@{cut}"],
+            "metrics": metrics,
+            "source_recall": {s: c / n for s, c in sorted(self.source_found.items())},
+            "filters_removed": dict(sorted(self.removed.items())),
+            **self.exposure.summary(len(self.catalog)),
+            "series": {
+                "evaluated": [w.count for w in series],
+                "hr": {name: [w.hits[name] / w.count for w in series] for name in self.ranks},
+                "source_shares": _shares(series),
+            },
+            "timing": {
+                "seconds": elapsed_s,
+                "events_per_s": self.events / elapsed_s if elapsed_s else 0.0,
+                "stage_ms": stages,
+            },
+            "events_per_s": self.events / elapsed_s if elapsed_s else 0.0,
+        }
+
+
+def _shares(series: list[_Window]) -> dict[str, list[float]]:
+    """Each source's share of the served slots, per time-series point."""
+    sources = sorted({s for w in series for s in w.slots})
+    out: dict[str, list[float]] = {s: [] for s in sources}
+    for window in series:
+        total = sum(window.slots.values()) or 1
+        for source in sources:
+            out[source].append(window.slots[source] / total)
+    return out
