@@ -3,6 +3,7 @@ live-state reader built on them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ class Resources:
     replica: IndexReplica | None = None
     learning: LearningSettings = field(default_factory=LearningSettings)
     funnel: FunnelSettings = field(default_factory=FunnelSettings)
+    # Seconds on the clock the live reader's caches age by (a replay passes event time).
+    clock: Callable[[], float] = time.monotonic
     live: LiveReader = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
@@ -46,6 +49,7 @@ class Resources:
             catalog_view=lambda: replica.catalog if replica is not None else None,
             lists_ttl_s=self.funnel.live_lists_ttl_s,
             model_reload_s=self.funnel.model_reload_s,
+            clock=self.clock,
         )
 
     def close(self) -> None:

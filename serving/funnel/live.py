@@ -59,13 +59,14 @@ class CandidateState:
 class _Timed:
     """A value computed at most once per ``ttl_s``, keeping the last good one on failure."""
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
         self.ttl_s = ttl_s
+        self.clock = clock
         self._values: dict[object, tuple[float, object]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: object, compute: Callable[[], T], *, stale_ok: bool) -> T:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             hit = self._values.get(key)
         if hit is not None and now - hit[0] < self.ttl_s:
@@ -100,6 +101,7 @@ class LiveReader:
         catalog_view: Callable[[], dict[str, ItemMeta] | None],
         lists_ttl_s: float = 1.0,
         model_reload_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store, self.keys, self.features = store, keys, features
         self.trending = Trending(keys, features.half_lives_s, features.event_weights)
@@ -113,8 +115,9 @@ class LiveReader:
         self.rankers = RankerStore(keys)
         self._index = index
         self._catalog_view = catalog_view
-        self._lists = _Timed(lists_ttl_s)
-        self._model = _Timed(model_reload_s)
+        # A replay passes its event-time clock, so reuse follows the stream as it would live.
+        self._lists = _Timed(lists_ttl_s, clock)
+        self._model = _Timed(model_reload_s, clock)
         self.short_half_life = features.half_lives_s[0]
         self.long_half_life = features.half_lives_s[-1]
         self._last_good: Ranked = []

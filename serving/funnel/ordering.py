@@ -73,19 +73,25 @@ class SlateBuilder:
         # which sources still have candidates: estimate them once per such set.
         estimates: dict[tuple[str, ...], dict[str, float]] = {}
         capped: set[str] = set()
+        # Index of each source's first candidate that may still be placed: a placed or
+        # capped candidate never becomes placeable again, so heads only move forward.
+        heads = dict.fromkeys(by_source, 0)
         while len(slots) < k:
             slot = self._fixed(len(slots), young, placed, pinned, creators, categories)
             if slot is None:
                 # A source is in the draw only if it can fill this slot within the caps;
                 # caps and placements only tighten, so one that cannot never will again.
-                pools: dict[str, list[Candidate]] = {}
+                live: list[str] = []
                 for source in list(by_source):
-                    pool = self._pool(by_source[source], placed, creators, categories, capped)
-                    if pool:
-                        pools[source] = pool
+                    head = self._advance(
+                        by_source[source], heads[source], placed, creators, categories, capped
+                    )
+                    if head < len(by_source[source]):
+                        heads[source] = head
+                        live.append(source)
                     else:
                         del by_source[source]
-                if not pools:
+                if not live:
                     # Out of candidates: pinned items still due are shown, in position order.
                     due = [
                         pinned[i]
@@ -98,7 +104,7 @@ class SlateBuilder:
                     slots.append(slot)
                     placed.add(slot.candidate.item_id)
                     continue
-                names = tuple(sorted(pools))
+                names = tuple(sorted(live))
                 probs = estimates.get(names)
                 if probs is None:
                     probs = estimates[names] = source_probabilities(
@@ -107,7 +113,10 @@ class SlateBuilder:
                 source, propensity = choose_source(probs, ctx.rng)
                 if "first_slot_probabilities" not in ctx.trace.ordering:
                     ctx.trace.ordering["first_slot_probabilities"] = probs
-                pick = self._mmr(pools[source], value, vectors, chosen_vectors)
+                pool = self._pool(
+                    by_source[source][heads[source] :], placed, creators, categories, capped
+                )
+                pick = self._mmr(pool, value, vectors, chosen_vectors)
                 slot = Slot(pick, source, propensity, probs)
             slots.append(slot)
             placed.add(slot.candidate.item_id)
@@ -164,6 +173,36 @@ class SlateBuilder:
             return c.score + boost * math.pow(2.0, -halvings) * abs(c.score)
         return c.score
 
+    def _advance(
+        self,
+        candidates: list[Candidate],
+        head: int,
+        placed: set[str],
+        creators: Counter[str],
+        categories: Counter[str],
+        capped: set[str],
+    ) -> int:
+        """The index of the first candidate from ``head`` on that may be placed now."""
+        while head < len(candidates):
+            c = candidates[head]
+            if c.item_id in placed:
+                head += 1
+            elif self._over_cap(c, creators, categories):
+                capped.add(c.item_id)
+                head += 1
+            else:
+                break
+        return head
+
+    def _over_cap(self, c: Candidate, creators: Counter[str], categories: Counter[str]) -> bool:
+        meta = c.meta
+        if meta is None:
+            return False
+        if meta.creator and creators[meta.creator] >= self.settings.max_per_creator:
+            return True
+        cap = self.settings.max_per_category
+        return cap is not None and bool(meta.category) and categories[meta.category or ""] >= cap
+
     def _pool(
         self,
         candidates: list[Candidate],
@@ -176,19 +215,10 @@ class SlateBuilder:
         """The best few (``size``, default ``mmr_pool``) open candidates within the caps."""
         size = size or self.settings.mmr_pool
         pool: list[Candidate] = []
-        cap_creator, cap_category = self.settings.max_per_creator, self.settings.max_per_category
         for c in candidates:
             if c.item_id in placed:
                 continue
-            meta = c.meta
-            if meta is not None and (
-                (meta.creator and creators[meta.creator] >= cap_creator)
-                or (
-                    cap_category is not None
-                    and meta.category
-                    and categories[meta.category] >= cap_category
-                )
-            ):
+            if self._over_cap(c, creators, categories):
                 capped.add(c.item_id)
                 continue
             pool.append(c)
@@ -205,14 +235,13 @@ class SlateBuilder:
     ) -> Candidate:
         """The pool's best by MMR: value against similarity to what is already placed."""
         lam = self.settings.mmr_lambda
-        if lam >= 1.0 or not chosen:
+        if lam >= 1.0 or not chosen or len(pool) == 1:
             return pool[0]
-        placed_matrix = np.stack(chosen)
-        best, best_mmr = pool[0], -math.inf
-        for c in pool:  # first wins ties: the source's own order
-            v = vectors.get(c.item_id)
-            similarity = float((placed_matrix @ v).max()) if v is not None else 0.0
-            mmr = lam * value[c.item_id] - (1.0 - lam) * similarity
-            if mmr > best_mmr:
-                best, best_mmr = c, mmr
-        return best
+        similarity = np.zeros(len(pool))
+        rows = [n for n, c in enumerate(pool) if c.item_id in vectors]
+        if rows:
+            pooled = np.stack([vectors[pool[n].item_id] for n in rows])
+            similarity[rows] = (pooled @ np.stack(chosen).T).max(axis=1)
+        values = np.array([value[c.item_id] for c in pool])
+        # argmax takes the first of equals: the source's own order breaks ties.
+        return pool[int(np.argmax(lam * values - (1.0 - lam) * similarity))]

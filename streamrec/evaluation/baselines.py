@@ -75,7 +75,7 @@ class ItemCovisitation:
 
     def top(self, user: str, k: int, exclude: Collection[str]) -> list[str]:
         """Up to ``k`` items that followed the user's latest items."""
-        scores: Counter[str] = Counter()
+        scores: dict[str, float] = defaultdict(float)
         history = list(self.recent.get(user, ()))
         for age, item in enumerate(reversed(history)):
             weight = 1.0 / (1 + age)

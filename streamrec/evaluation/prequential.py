@@ -79,14 +79,9 @@ class PrequentialRun:
     def __init__(self, settings: Settings, options: EvalOptions) -> None:
         self.options = options
         funnel_settings = settings.funnel.model_copy(
-            update={
-                "exclude_seen": options.exclude_seen,
-                "seed": options.seed,
-                # State changes with every event: nothing may be reused across requests.
-                "live_lists_ttl_s": 0.0,
-                "model_reload_s": 1e-6,
-            }
+            update={"exclude_seen": options.exclude_seen, "seed": options.seed}
         )
+        self._now_s = 0.0  # event time: the live reader's caches age by it, as they would live
         self.settings = settings.model_copy(update={"funnel": funnel_settings})
         self.bus = InProcessBus(partitions=1, topics=settings.topics)
         self.store = InMemoryStore()
@@ -113,6 +108,7 @@ class PrequentialRun:
             replica=self.replica,
             learning=settings.learning,
             funnel=funnel_settings,
+            clock=lambda: self._now_s,
         )
         self.funnel = Funnel(resources.live, funnel_settings, settings.learning)
         sink = self.bus if options.learn_ordering else _NoSink()
@@ -143,6 +139,7 @@ class PrequentialRun:
             if self.options.limit is not None and self.events >= self.options.limit:
                 break
             self.events += 1
+            self._now_s = max(self._now_s, event.ts / 1000.0)
             if isinstance(event, Item):
                 self.catalog.add(event.item_id)
                 self.replica.apply([self._raw(event)])
