@@ -7,3 +7,6 @@ import typer
 
 def register_all(app: typer.Typer, bench: typer.Typer) -> None:
     """Add every command module's commands to the CLI."""
+    from streamrec.commands import ope
+
+    ope.register(app, bench)

@@ -78,8 +78,18 @@ class PrequentialRun:
 
     def __init__(self, settings: Settings, options: EvalOptions) -> None:
         self.options = options
+        # No time budgets: a source cut off on a busy machine would change the numbers, and
+        # a replay's numbers must depend on the stream and the seed only.
+        unbounded = {
+            name: source.model_copy(update={"budget_ms": 10_000.0})
+            for name, source in settings.funnel.sources.items()
+        }
         funnel_settings = settings.funnel.model_copy(
-            update={"exclude_seen": options.exclude_seen, "seed": options.seed}
+            update={
+                "exclude_seen": options.exclude_seen,
+                "seed": options.seed,
+                "sources": unbounded,
+            }
         )
         self._now_s = 0.0  # event time: the live reader's caches age by it, as they would live
         self.settings = settings.model_copy(update={"funnel": funnel_settings})
