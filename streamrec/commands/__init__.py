@@ -7,6 +7,8 @@ import typer
 
 def register_all(app: typer.Typer, bench: typer.Typer) -> None:
     """Add every command module's commands to the CLI."""
-    from streamrec.commands import ope
+    from streamrec.commands import evaluate, ope, replay
 
+    replay.register(app, bench)
+    evaluate.register(app, bench)
     ope.register(app, bench)
