@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Callable
 
+import httpx
+import orjson
+from fastapi.testclient import TestClient
+
+from serving.funnel.context import Candidate, FeedRequest, Trace
+from serving.funnel.funnel import FeedResult
+from serving.funnel.ordering import Slot
+from streamrec.demo import EmbeddedSystem, FeedClients
+from streamrec.settings import Settings
+from streams.schema import Event, Interaction
+from streams.simulator import SimulatorConfig, StreamSimulator
 from tests.helpers import free_port, start, stop, wait_for
 
 
@@ -38,3 +49,59 @@ def test_demo_serves_a_feed_that_follows_the_stream() -> None:
         assert proc.poll() is None
     finally:
         stop(proc)
+
+
+def fake_feed(slate: list[str]) -> Callable[[FeedRequest], FeedResult]:
+    def feed(request: FeedRequest) -> FeedResult:
+        slots = [Slot(Candidate(item), "popular", 1.0) for item in slate]
+        return FeedResult(request, slots, Trace(), "returning|mobile", "v1", [])
+
+    return feed
+
+
+def test_feed_clients_click_by_the_model_and_send_clicks_when_due() -> None:
+    def run() -> tuple[list[Interaction], list[Event]]:
+        sim = StreamSimulator(SimulatorConfig(users=20, items=40, embedding_dim=8), seed=1)
+        sent: list[Event] = []
+        clients = FeedClients(sim, fake_feed([f"i{n}" for n in range(10)]), sent.append, seed=3)
+        reactions = [e for n in range(30) for e in clients.serve_one(1_000.0 + n)]
+        # A reaction waits for its event time: the first comes half a second after its feed.
+        assert clients.send_due(1_000.0) == 0 and not sent
+        assert clients.send_due(1_000.0 + 30 + 60) == len(reactions)
+        return reactions, sent
+
+    reactions, sent = run()
+    assert (reactions, sent) == run()  # seeded
+    assert sorted(sent, key=lambda e: e.ts) == sent  # in event-time order
+    assert any(e.type == "click" for e in reactions)
+    assert all(e.request_id and e.request_id.startswith("feedsim3-") for e in reactions)
+
+
+def test_the_embedded_demo_serves_simulated_feeds_and_gets_clicks_back() -> None:
+    system = EmbeddedSystem(Settings(), seed=5, rate=300.0, feeds_per_s=20.0)
+    topics = system.settings.topics
+    system.start()
+    try:
+        with TestClient(system.app()):
+
+            def clicked() -> set[str] | None:
+                served = {
+                    orjson.loads(m.value or b"{}")["request_id"]
+                    for m in system.bus.read(topics.impressions)
+                }
+                clicks = [
+                    orjson.loads(m.value or b"{}") for m in system.bus.read(topics.interactions)
+                ]
+                back = {
+                    c["request_id"] for c in clicks if c["type"] == "click" and c.get("request_id")
+                }
+                # Every click names a feed that was served and logged.
+                assert back <= served
+                return back if len(back) >= 3 else None
+
+            wait_for("clicks on simulated feeds", clicked, timeout_s=60)
+            assert system.clients.stats.feeds > 0
+            assert system.clients.stats.best_expected_clicks >= system.clients.stats.expected_clicks
+    finally:
+        system.close()
+    assert not any(t.is_alive() for t in system._threads)
