@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
+import numpy as np
 
 from features.batch import WriteBatch
 from features.keys import Keys
@@ -26,7 +27,9 @@ class OpenSlot(msgspec.Struct, array_like=True):
     source: str
     position: int
     propensity: float
-    features: list[float] | None = None
+    # float32 little-endian: a click's lookup decodes a user's open feeds, and bytes decode
+    # without building a Python float per feature.
+    features: bytes | None = None
     clicked: bool = False
 
 
@@ -161,9 +164,14 @@ class Attribution:
             batch.zrem(self.keys.impressions(record.user_id), [record.request_id])
             names = record.feature_names
             for slot in record.slots:
+                values = (
+                    np.frombuffer(slot.features, dtype="<f4").tolist()
+                    if slot.features is not None
+                    else []
+                )
                 features = (
-                    dict(zip(names, slot.features, strict=True))
-                    if slot.features is not None and len(slot.features) == len(names)
+                    dict(zip(names, values, strict=True))
+                    if values and len(values) == len(names)
                     else None
                 )
                 out.append(
@@ -181,6 +189,11 @@ class Attribution:
                     )
                 )
         return out
+
+
+def pack_features(values: list[float] | None) -> bytes | None:
+    """Feature values as the float32 bytes an open slot keeps."""
+    return None if values is None else np.asarray(values, dtype="<f4").tobytes()
 
 
 def decode_many(raws: Mapping[str, bytes | None]) -> dict[str, OpenImpression]:

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import orjson
 
-from features.attribution import Attribution, Labelled, OpenImpression, OpenSlot, decode_many
+from features.attribution import (
+    Attribution,
+    Labelled,
+    OpenImpression,
+    OpenSlot,
+    decode_many,
+    pack_features,
+)
 from features.bandit import Outcome, SourceBandit
 from features.batch import WriteBatch
 from features.keys import Keys
@@ -48,7 +55,7 @@ def open_record(impression: Impression) -> OpenImpression:
         impression.ts,
         impression.segment or "default",
         [
-            OpenSlot(s.item_id, s.source, s.position, s.propensity, s.features)
+            OpenSlot(s.item_id, s.source, s.position, s.propensity, pack_features(s.features))
             for s in impression.slots
         ],
         list(impression.feature_names or []),
