@@ -9,6 +9,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from serving.dashboard import routes as dashboard
+from serving.dashboard.sampler import DashboardSampler
 from serving.feed import FeedService
 from serving.funnel.funnel import Funnel
 from serving.metrics import FeedMetrics
@@ -28,9 +30,18 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
         app.state.resources = resources
         funnel = Funnel(resources.live, resources.funnel, resources.learning)
         app.state.feed_service = FeedService(funnel, resources.sink, app.state.metrics)
+        sampler = DashboardSampler(
+            resources,
+            app.state.metrics,
+            interval_s=settings.dashboard_interval_s,
+            worker_stale_s=settings.worker_stale_s,
+        )
+        app.state.dashboard = sampler
+        sampler.start()
         try:
             yield
         finally:
+            sampler.stop()
             funnel.close()
             resources.close()
 
@@ -43,7 +54,8 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
     )
     app.state.settings = settings
     app.state.metrics = FeedMetrics()
-    for router in (feed.router, catalog.router, events.router, health.router, metrics.router):
+    routers = (feed.router, catalog.router, events.router, health.router, metrics.router)
+    for router in (*routers, dashboard.router):
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:

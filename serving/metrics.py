@@ -6,6 +6,10 @@ Each app gets its own registry, so several apps in one process (tests) never col
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -17,10 +21,27 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
+@dataclass(frozen=True, slots=True)
+class FeedSample:
+    """One served feed, as the dashboard summarises recent ones."""
+
+    at: float  # time.monotonic() when it was served
+    seconds: float
+    stages_ms: dict[str, float]
+    candidates: dict[str, int]
+    removed: dict[str, int]
+    segment: str
+    slot_sources: tuple[str, ...]
+
+
 class FeedMetrics:
-    """The serving process's metrics."""
+    """The serving process's metrics, and a bounded window of recent feeds."""
+
+    #: Recent feeds kept for the dashboard (a few seconds' worth at any sane rate).
+    RECENT = 4096
 
     def __init__(self) -> None:
+        self.recent: deque[FeedSample] = deque(maxlen=self.RECENT)
         self.registry = CollectorRegistry()
         r = self.registry
         self.feeds = Counter("streamrec_feeds", "Feeds served", ["segment", "degraded"], registry=r)
@@ -73,6 +94,17 @@ class FeedMetrics:
                 self.removed.labels(name).inc(count)
         for slot in result.slots:
             self.slots.labels(result.segment, slot.source).inc()
+        self.recent.append(
+            FeedSample(
+                time.monotonic(),
+                seconds,
+                {k: v for k, v in trace.stages_ms.items() if k != "total"},
+                {s: int(i.get("candidates", 0)) for s, i in trace.sources.items()},
+                dict(trace.removed),
+                result.segment,
+                tuple(slot.source for slot in result.slots),
+            )
+        )
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -26,3 +26,5 @@ class ServingSettings(BaseModel):
     index_snapshot_every_s: float = Field(60.0, gt=0)
     # A worker heartbeat older than this many seconds makes /health report it stale.
     worker_stale_s: float = Field(15.0, gt=0)
+    # Seconds between dashboard snapshots (what the page's live updates lag by, at most).
+    dashboard_interval_s: float = Field(0.5, ge=0.05, le=60)

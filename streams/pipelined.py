@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from features.batch import HSet, WriteBatch
-from streams.processors import BatchReads
+from streams.processors import BatchReads, EventBatch
 from streams.runtime import Worker, _Stopped
 from streams.state_cache import StateCache
 from streams.transport import RawMessage, TopicPartition
@@ -36,7 +36,7 @@ class _Inflight:
     future: Future[None]
     messages: list[RawMessage]
     last: dict[TopicPartition, int]
-    events: int
+    events: EventBatch
     started: float
 
 
@@ -99,7 +99,7 @@ class PipelinedWorker(Worker):
 
     def _plan(
         self, messages: list[RawMessage], stop: threading.Event
-    ) -> tuple[WriteBatch, dict[TopicPartition, int], int]:
+    ) -> tuple[WriteBatch, dict[TopicPartition, int], EventBatch]:
         """Decode and compute a batch from the cache (reading the store only past the
         barrier), and update the cache with what the batch will write."""
         last: dict[TopicPartition, int] = {}
@@ -135,7 +135,7 @@ class PipelinedWorker(Worker):
         for op in batch:
             if isinstance(op, HSet) and op.key == landmarks_key and cache.landmarks is not None:
                 cache.landmarks.update(op.fields)
-        return batch, last, len(events)
+        return batch, last, events
 
     def _finish(self, stop: threading.Event | None) -> None:
         """Wait for the commit in flight; on failure, apply that batch again synchronously
@@ -151,6 +151,6 @@ class PipelinedWorker(Worker):
             self.apply_messages(inflight.messages, stop)
             raise _InflightFailed from None
         self.source.commit({tp: offset + 1 for tp, offset in inflight.last.items()})
-        self.stats.applied += inflight.events
+        self._account(inflight.events)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - inflight.started) * 1000.0

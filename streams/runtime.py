@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +56,10 @@ class WorkerStats:
     batches: int = 0
     last_batch_ms: float = 0.0
     started_at: float = field(default_factory=time.time)
+    #: Applied events by kind: interaction types, "item", "impression" (for events/s by type).
+    by_type: Counter[str] = field(default_factory=Counter)
+    #: Event time to applied, in ms, of recent events (sampled; cleared by each heartbeat).
+    freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
 class Backoff:
@@ -171,7 +176,7 @@ class Worker:
                 self.stats.conflicts += 1
                 log.info("batch conflicted (%s); recomputing from the stored checkpoint", exc)
         self.source.commit({tp: offset + 1 for tp, offset in last.items()})
-        self.stats.applied += len(events)
+        self._account(events)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
         return len(events)
@@ -312,6 +317,17 @@ class Worker:
                 self._store_down = False
             return result
 
+    def _account(self, events: EventBatch) -> None:
+        """Count a committed batch's events by kind and sample how fresh they were."""
+        stats = self.stats
+        stats.applied += len(events)
+        stats.by_type.update(e.type for e in events.interactions)
+        stats.by_type["item"] += len(events.items)
+        stats.by_type["impression"] += len(events.impressions)
+        now_ms = time.time() * 1000.0
+        # Every 8th interaction is plenty for percentiles and keeps big batches cheap.
+        stats.freshness_ms.extend(now_ms - e.ts for e in events.interactions[::8])
+
     def _maybe_heartbeat(self) -> None:
         now = self.clock()
         if now - self._last_heartbeat < self.settings.heartbeat_s:
@@ -328,10 +344,25 @@ class Worker:
             "last_batch_ms": round(self.stats.last_batch_ms, 3),
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(lag.items())},
             "store_ok": not self._store_down,
+            "by_type": dict(self.stats.by_type),
+            "freshness_ms": _percentiles(self.stats.freshness_ms),
         }
+        self.stats.freshness_ms.clear()
         batch = WriteBatch()
         batch.hset(self.keys.workers(), {self.worker_id: orjson.dumps(beat).decode()})
         try:
             self.store.commit(batch)
         except StoreUnavailableError:
             pass  # the outage is already logged by the batch path; /health sees it directly
+
+
+def _percentiles(values: deque[float]) -> dict[str, float | None]:
+    """p50 and p99 (nearest rank) of recent freshness samples; None when there are none."""
+    if not values:
+        return {"p50": None, "p99": None}
+    ordered = sorted(values)
+    n = len(ordered)
+    return {
+        "p50": round(ordered[(n - 1) // 2], 3),
+        "p99": round(ordered[min(n - 1, -(-99 * n // 100) - 1)], 3),
+    }

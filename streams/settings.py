@@ -47,4 +47,4 @@ class WorkerSettings(BaseModel):
     # to count at their event time and go to the dead-letter topic.
     allowed_lateness_ms: int = Field(3_600_000, ge=0)
     # Seconds between heartbeats the worker writes for /health.
-    heartbeat_s: float = Field(2.0, gt=0, le=300)
+    heartbeat_s: float = Field(1.0, gt=0, le=300)

@@ -1,0 +1,1 @@
+"""The live dashboard: a read-only page fed by Server-Sent Events."""
