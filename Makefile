@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install streamrec with its dev tools
 
-system-deps: ## Install what the tests need from Debian: redis-server, Java 17, Maven (docker-compose if docker is here)
+system-deps: ## Install what the tests need from Debian: redis-server, Java 17, Maven, Chromium (docker-compose if docker is here)
 	@need=(); \
 	command -v redis-server >/dev/null || need+=(redis-server); \
+	command -v chromium >/dev/null || need+=(chromium); \
 	command -v java >/dev/null || need+=(openjdk-17-jre-headless); \
 	command -v mvn >/dev/null || need+=(maven); \
 	if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then need+=(docker-compose); fi; \

@@ -295,12 +295,17 @@ def run_demo(
     feeds_per_s: float = 10.0,
 ) -> None:
     """Run the embedded system and serve it until interrupted (or for ``duration_s``)."""
+    if "attribution_window_s" not in settings.learning.model_fields_set:
+        # Clicks teach the bandit once their window closes: half a minute keeps the
+        # dashboard's bandit panel moving in a demo (production default: 5 minutes).
+        learning = settings.learning.model_copy(update={"attribution_window_s": 30.0})
+        settings = settings.model_copy(update={"learning": learning})
     system = EmbeddedSystem(settings, seed=seed, rate=rate, feeds_per_s=feeds_per_s)
     system.start()
     host, port = settings.serving.host, settings.serving.port
     log.info(
         "demo streaming %.0f events/s and %.0f simulated feeds/s (seed %d);"
-        " try http://%s:%d/feed/u1",
+        " live dashboard at http://%s:%d/",
         rate,
         feeds_per_s,
         seed,
