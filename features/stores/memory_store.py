@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from features.batch import (
     Delete,
@@ -48,6 +48,9 @@ class InMemoryStore:
         self._hashes: dict[str, dict[str, str]] = {}
         self._values: dict[str, bytes] = {}
         self._expiry: dict[str, float] = {}
+        # Min-heaps of (score, member bytes, member) for keys read with lowest(): entries go
+        # stale when a member is removed or rescored and are skipped when met.
+        self._low: dict[str, list[tuple[float, bytes, str]]] = {}
 
     def commit(self, batch: WriteBatch) -> None:
         """Apply the batch under one lock, so readers never see half of it."""
@@ -65,11 +68,13 @@ class InMemoryStore:
                 target = self._writable_zset(key)
                 for member, amount in amounts.items():
                     target[member] = target.get(member, 0.0) + amount
+                self._index(key, target, amounts)
             case ZAdd(key, scores, greater):
                 target = self._writable_zset(key)
                 for member, score in scores.items():
                     if not greater or score > target.get(member, float("-inf")):
                         target[member] = score
+                self._index(key, target, scores)
             case ZRem(key, members):
                 zset = self._live_zset(key)
                 if zset is not None:
@@ -80,11 +85,13 @@ class InMemoryStore:
                 if zset is not None and len(zset) > keep:
                     best = sorted(zset.items(), key=_rank_key, reverse=True)[: max(keep, 0)]
                     self._zsets[key] = dict(best)
+                    self._low.pop(key, None)
             case ZScale(key, factor):
                 zset = self._live_zset(key)
                 if zset is not None:
                     for member in zset:
                         zset[member] *= factor
+                    self._low.pop(key, None)
             case HSet(key, fields):
                 self._expire_if_due(key)
                 self._hashes.setdefault(key, {}).update(fields)
@@ -113,7 +120,14 @@ class InMemoryStore:
         if deadline is not None and deadline <= self._clock():
             self._delete(key)
 
+    def _index(self, key: str, zset: dict[str, float], members: Mapping[str, float]) -> None:
+        heap = self._low.get(key)
+        if heap is not None:
+            for member in members:
+                heapq.heappush(heap, (zset[member], member.encode(), member))
+
     def _delete(self, key: str) -> None:
+        self._low.pop(key, None)
         self._zsets.pop(key, None)
         self._hashes.pop(key, None)
         self._values.pop(key, None)
@@ -140,13 +154,33 @@ class InMemoryStore:
             return sorted(zset.items(), key=_rank_key, reverse=True)[:k]
 
     def lowest(self, key: str, max_score: float, limit: int) -> list[tuple[str, float]]:
-        """Members scored at most ``max_score``, ordered as ZRANGEBYSCORE orders them."""
+        """Members scored at most ``max_score``, ordered as ZRANGEBYSCORE orders them.
+
+        A lazily kept min-heap per queried key makes this O(limit · log n): a due set is
+        asked on every batch while it holds minutes of open feeds.
+        """
         with self._lock:
             zset = self._live_zset(key)
             if not zset or limit <= 0:
                 return []
-            rows = sorted(((m, s) for m, s in zset.items() if s <= max_score), key=_rank_key)
-            return rows[:limit]
+            heap = self._low.get(key)
+            if heap is None or len(heap) > 2 * len(zset) + 64:
+                heap = self._low[key] = [(sc, m.encode(), m) for m, sc in zset.items()]
+                heapq.heapify(heap)
+            rows: list[tuple[str, float]] = []
+            popped: list[tuple[float, bytes, str]] = []
+            taken: set[str] = set()
+            while heap and len(rows) < limit and heap[0][0] <= max_score:
+                entry = heapq.heappop(heap)
+                score, _, member = entry
+                if zset.get(member) != score or member in taken:
+                    continue  # stale: removed or rescored since it was pushed
+                popped.append(entry)
+                taken.add(member)
+                rows.append((member, score))
+            for entry in popped:
+                heapq.heappush(heap, entry)
+            return rows
 
     def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
         """:meth:`top` of several keys."""

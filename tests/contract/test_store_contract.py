@@ -193,6 +193,20 @@ def test_lowest_reads_due_members_in_score_order(store: Store, keys: Keys) -> No
     assert store.lowest(keys.impressions_due(9), 100.0, 10) == []
 
 
+def test_lowest_follows_rescores_and_removals(store: Store, keys: Keys) -> None:
+    due = keys.impressions_due(1)
+    commit(store, lambda b: b.zadd(due, {"a": 10.0, "b": 20.0}))
+    assert store.lowest(due, 100.0, 10) == [("a", 10.0), ("b", 20.0)]
+    commit(store, lambda b: b.zadd(due, {"a": 30.0}))
+    commit(store, lambda b: b.zrem(due, ["b"]))
+    commit(store, lambda b: b.zincrby(due, "c", 5.0))
+    assert store.lowest(due, 100.0, 10) == [("c", 5.0), ("a", 30.0)]
+    assert store.lowest(due, 20.0, 10) == [("c", 5.0)]
+    commit(store, lambda b: b.zadd(due, {"a": 10.0}))
+    assert store.lowest(due, 100.0, 1) == [("c", 5.0)]
+    assert store.lowest(due, 100.0, 5) == [("c", 5.0), ("a", 10.0)]
+
+
 def test_set_bytes_with_a_ttl(store: Store, keys: Keys) -> None:
     k = keys.session_embedding("u")
     commit(store, lambda b: b.set_bytes(k, b"\x01", ttl_s=100))
