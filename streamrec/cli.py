@@ -96,6 +96,10 @@ def worker(
     settings = _setup(config)
     stop = _stop_on_signals()
     w = kafka_worker(settings, worker_id)
+    if settings.worker.metrics_port:
+        from streams.worker_metrics import WorkerMetrics
+
+        WorkerMetrics(w).serve(settings.worker.metrics_port, stop)
     if wait_for_store(w.store, "worker", stop):
         w.run(stop)
 
@@ -250,6 +254,29 @@ def bench_feed(
         seconds=seconds,
         connections=connections,
         k=k,
+        seed=seed,
+    )
+    typer.echo(orjson.dumps(figures).decode())
+
+
+@bench_app.command("soak")
+def bench_soak(
+    config: ConfigOption = None,
+    minutes: Annotated[int, typer.Option(min=1, help="Minutes to run.")] = 10,
+    rate: Annotated[float, typer.Option(min=1, help="Simulated events/s through Kafka.")] = 5000.0,
+    requests_per_s: Annotated[float, typer.Option(min=0.1, help="Feed requests/s.")] = 40.0,
+    catalog: Annotated[int, typer.Option(min=1000, help="Items in the catalog.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the stream.")] = 0,
+) -> None:
+    """Worker and API under steady load: p50/p99, errors, lag and RSS minute by minute."""
+    from streamrec.bench.soak import run_soak_bench
+
+    figures = run_soak_bench(
+        _setup(config),
+        minutes=minutes,
+        rate=rate,
+        requests_per_s=requests_per_s,
+        catalog=catalog,
         seed=seed,
     )
     typer.echo(orjson.dumps(figures).decode())

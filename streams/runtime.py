@@ -60,6 +60,8 @@ class WorkerStats:
     by_type: Counter[str] = field(default_factory=Counter)
     #: Event time to applied, in ms, of recent events (sampled; cleared by each heartbeat).
     freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    #: Messages behind per "topic/partition", as of the last heartbeat.
+    lag: dict[str, int] = field(default_factory=dict)
 
 
 class Backoff:
@@ -334,6 +336,7 @@ class Worker:
             return
         self._last_heartbeat = now
         lag = self.source.lag()
+        self.stats.lag = {f"{t}/{p}": n for (t, p), n in sorted(lag.items())}
         beat = {
             "ts": now,
             "pid": os.getpid(),

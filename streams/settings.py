@@ -48,3 +48,6 @@ class WorkerSettings(BaseModel):
     allowed_lateness_ms: int = Field(3_600_000, ge=0)
     # Seconds between heartbeats the worker writes for /health.
     heartbeat_s: float = Field(1.0, gt=0, le=300)
+    # Port of the worker's Prometheus /metrics (0: none). Several workers on one host each
+    # need their own.
+    metrics_port: int = Field(0, ge=0, le=65535)

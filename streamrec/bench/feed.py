@@ -71,6 +71,25 @@ def _stage_figures(traces: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def seed_world(run: Settings, sim: StreamSimulator, worker: _WorkerRun, history: int) -> int:
+    """Publish the simulator's catalog, then ``history`` interactions, each applied by the
+    worker before the next; return the "now" (ms) the history ends at."""
+    now_ms = int(time.time() * 1000)
+    topics = [run.topics.interactions, run.topics.items]
+    # The catalog first, applied before any interaction: an interaction whose item has no
+    # vector yet leaves the user's embeddings alone.
+    for events in (
+        sim.initial_items(ts_ms=now_ms - 86_400_000),
+        list(sim.events(history, start_ms=now_ms - 3_600_000)),
+    ):
+        with EventProducer(run.kafka_bootstrap, run.topics, run.kafka_config) as producer:
+            for event in events:
+                producer.send(event)
+        total = sum(_end_offsets(run, topics).values())
+        _wait(lambda t=total: worker.applied >= t, SETUP_TIMEOUT_S, "the worker")
+    return now_ms
+
+
 def run_feed_bench(
     settings: Settings,
     *,
@@ -101,19 +120,7 @@ def run_feed_bench(
     load: Load | None = None
     try:
         worker.start()
-        now_ms = int(time.time() * 1000)
-        topics = [run.topics.interactions, run.topics.items]
-        # The catalog first, applied before any interaction: an interaction whose item has no
-        # vector yet leaves the user's embeddings alone.
-        for events in (
-            sim.initial_items(ts_ms=now_ms - 86_400_000),
-            list(sim.events(history, start_ms=now_ms - 3_600_000)),
-        ):
-            with EventProducer(run.kafka_bootstrap, run.topics, run.kafka_config) as producer:
-                for event in events:
-                    producer.send(event)
-            total = sum(_end_offsets(run, topics).values())
-            _wait(lambda t=total: worker.applied >= t, SETUP_TIMEOUT_S, "the worker")
+        now_ms = seed_world(run, sim, worker, history)
         api = ServerProcess("_api_main", run.model_dump_json(), run.serving.port)
         trivial_port = free_port()
         trivial = ServerProcess("_trivial_main", str(trivial_port), trivial_port)

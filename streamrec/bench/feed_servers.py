@@ -77,6 +77,11 @@ class ServerProcess:
         self._process.stdin.flush()
 
     @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self._process.pid
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -108,6 +108,11 @@ class _WorkerRun:
         self._threads: list[threading.Thread] = []
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (None when it runs in this process)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> None:
         if self.own_process:
             code = "from streamrec.bench.freshness import _worker_main; _worker_main()"

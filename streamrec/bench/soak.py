@@ -1,0 +1,233 @@
+"""`bench soak --minutes N`: everything running for N minutes, watched minute by minute.
+
+The real worker and the real API run as processes of their own on fresh topics and keys.
+The simulator sends ``rate`` events/s through Kafka; a paced client (its own process) asks
+the API for feeds at ``requests_per_s``, open loop, so a slow server shows up as latency
+rather than as fewer requests. Every ``sample_s`` the bench records the worker's backlog
+(events sent − applied) and the resident memory (VmRSS) of the worker and the API.
+
+Per minute it reports p50/p99 feed latency, errors, the largest backlog and both RSS.
+``p99_first_ms``/``p99_last_ms`` are the first and last full minute's p99;
+``rss_growth_pct`` is the larger growth of the two processes from the end of the first
+minute (warm-up: caches, the ANN replica and interpreter arenas fill) to the end.
+Goals for 10 minutes: p99 drift < 20%, RSS growth < 10%, zero errors, bounded lag.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from streamrec.bench.feed import SETUP_TIMEOUT_S, seed_world
+from streamrec.bench.feed_servers import ServerProcess, free_port
+from streamrec.bench.freshness import _WorkerRun
+from streamrec.bench.freshness_parts import Load
+from streamrec.bench.isolation import cleanup, isolated_settings
+from streamrec.bench.latency import percentile
+from streamrec.bench.report import print_table
+from streamrec.services import ensure_services
+from streamrec.settings import Settings
+from streams.kafka_io import create_topics
+from streams.simulator import SimulatorConfig, StreamSimulator
+
+log = logging.getLogger(__name__)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of a process from /proc (None when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _paced_main() -> None:
+    """The load client: ``{"base","paths","rate","seconds"}`` on stdin; per request
+    ``[start offset s, latency s, ok]`` as one JSON array on stdout at the end."""
+    job = orjson.loads(sys.stdin.buffer.read())
+    samples = paced_load(job["base"], job["paths"], job["rate"], job["seconds"])
+    sys.stdout.buffer.write(orjson.dumps(samples))
+
+
+def paced_load(
+    base: str, paths: list[str], rate: float, seconds: float, workers: int = 8
+) -> list[tuple[float, float, bool]]:
+    """Requests at a fixed rate (open loop) from a few keep-alive clients."""
+    samples: list[tuple[float, float, bool]] = []
+    lock = threading.Lock()
+    started = time.perf_counter()
+    total = int(rate * seconds)
+
+    def client(first: int) -> None:
+        with httpx.Client(base_url=base, timeout=10.0) as http:
+            for n in range(first, total, workers):
+                due = started + n / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                t0 = time.perf_counter()
+                try:
+                    ok = http.get(paths[n % len(paths)]).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    samples.append((t0 - started, time.perf_counter() - t0, ok))
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(samples)
+
+
+def _minutes(
+    samples: list[tuple[float, float, bool]],
+    backlog: list[tuple[float, int]],
+    rss: list[tuple[float, int | None, int | None]],
+    minutes: int,
+) -> list[dict[str, Any]]:
+    """Per-minute figures from the raw samples (times in seconds from the load's start)."""
+    rows = []
+    for m in range(minutes):
+        lo, hi = m * 60.0, (m + 1) * 60.0
+        lat = [s[1] for s in samples if lo <= s[0] < hi and s[2]]
+        errors = sum(1 for s in samples if lo <= s[0] < hi and not s[2])
+        lags = [b for t, b in backlog if lo <= t < hi]
+        mem = [r for r in rss if lo <= r[0] < hi]
+        rows.append(
+            {
+                "minute": m + 1,
+                "requests": len(lat) + errors,
+                "p50_ms": round(percentile(lat, 50) * 1000, 3) if lat else None,
+                "p99_ms": round(percentile(lat, 99) * 1000, 3) if lat else None,
+                "errors": errors,
+                "max_lag": max(lags) if lags else None,
+                "worker_rss_mb": round(mem[-1][1] / 2**20, 1) if mem and mem[-1][1] else None,
+                "api_rss_mb": round(mem[-1][2] / 2**20, 1) if mem and mem[-1][2] else None,
+            }
+        )
+    return rows
+
+
+def _growth(rows: list[dict[str, Any]], key: str) -> float | None:
+    start, end = rows[0].get(key), rows[-1].get(key)
+    return round(100.0 * (end - start) / start, 2) if start and end else None
+
+
+def run_soak_bench(
+    settings: Settings,
+    *,
+    minutes: int = 10,
+    rate: float = 5000.0,
+    requests_per_s: float = 40.0,
+    catalog: int = 20_000,
+    history: int = 50_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the whole system for ``minutes`` under load; figures per minute and overall."""
+    ensure_services(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    run = isolated_settings(settings, uuid.uuid4().hex[:8])
+    serving = run.serving.model_copy(update={"port": free_port(), "index_snapshot_dir": None})
+    run = run.model_copy(update={"serving": serving})
+    create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
+    users = max(catalog // 5, 2000)
+    sim = StreamSimulator(
+        SimulatorConfig(users=users, items=catalog, embedding_dim=run.features.embedding_dim),
+        seed=seed,
+    )
+    seconds = minutes * 60.0
+    worker = _WorkerRun(run, own_process=True)
+    api: ServerProcess | None = None
+    load: Load | None = None
+    backlog: list[tuple[float, int]] = []
+    rss: list[tuple[float, int | None, int | None]] = []
+    try:
+        worker.start()
+        now_ms = seed_world(run, sim, worker, history)
+        api = ServerProcess("_api_main", run.model_dump_json(), run.serving.port)
+        api.wait_ready(
+            lambda r: r.status_code == 200 and r.json()["index"]["items"] >= catalog,
+            SETUP_TIMEOUT_S,
+        )
+        base_applied = worker.applied
+        events = list(sim.events(math.ceil(rate * seconds * 1.05), start_ms=now_ms))
+        load = Load(run, events, rate)
+        rng = np.random.default_rng(seed)
+        paths = [f"/feed/u{n}?k=20" for n in rng.integers(0, users, 5000)]
+        job = {"base": api.url, "paths": paths, "rate": requests_per_s, "seconds": seconds}
+        code = "from streamrec.bench.soak import _paced_main; _paced_main()"
+        client = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        load.start()
+        started = time.perf_counter()
+        assert client.stdin is not None
+        client.stdin.write(orjson.dumps(job))
+        client.stdin.close()
+        while client.poll() is None:
+            t = time.perf_counter() - started
+            backlog.append((t, max(load.sent - (worker.applied - base_applied), 0)))
+            rss.append((t, rss_bytes(worker.pid or 0), rss_bytes(api.pid)))
+            time.sleep(1.0)
+        assert client.stdout is not None
+        samples = [(float(a), float(b), bool(c)) for a, b, c in orjson.loads(client.stdout.read())]
+        load.stop.set()
+        load.join(timeout=30)
+    finally:
+        if load is not None:
+            load.stop.set()
+        if api is not None:
+            api.close()
+        worker.stop()
+        cleanup(run)
+
+    rows = _minutes(samples, backlog, rss, minutes)
+    full = [r for r in rows if r["p99_ms"] is not None]
+    growth = [
+        g for g in (_growth(rows, "worker_rss_mb"), _growth(rows, "api_rss_mb")) if g is not None
+    ]
+    figures: dict[str, Any] = {
+        "bench": "soak",
+        "minutes": minutes,
+        "rate_target": rate,
+        "requests_per_s_target": requests_per_s,
+        "p99_first_ms": full[0]["p99_ms"] if full else None,
+        "p99_last_ms": full[-1]["p99_ms"] if full else None,
+        "p99_drift_pct": (
+            round(100.0 * (full[-1]["p99_ms"] - full[0]["p99_ms"]) / full[0]["p99_ms"], 2)
+            if full
+            else None
+        ),
+        "rss_growth_pct": max(growth) if growth else None,
+        "errors": sum(r["errors"] for r in rows),
+        "max_lag": max((b for _, b in backlog), default=None),
+        "per_minute": rows,
+        "goals": "p99 drift < 20%, rss growth < 10% after the first minute, 0 errors, lag bounded",
+    }
+    table = {
+        f"minute {r['minute']}": orjson.dumps(
+            {k: v for k, v in r.items() if k != "minute"}
+        ).decode()
+        for r in rows
+    }
+    print_table(
+        f"bench soak ({minutes} min)",
+        {**{k: v for k, v in figures.items() if k != "per_minute"}, **table},
+    )
+    return figures
