@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from serving.dashboard import routes as dashboard
 from serving.dashboard.sampler import DashboardSampler
+from serving.deps import ReadAccess, WriteAccess
 from serving.feed import FeedService
 from serving.funnel.funnel import Funnel
 from serving.metrics import FeedMetrics
 from serving.resources import Resources
 from serving.responses import JSONBytes
 from serving.routes import catalog, events, feed, health, metrics
+from serving.security import API_KEY_HEADER, AccessPolicy
 from serving.settings import ServingSettings
 from streams.schema import schema_components
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServingSettings, build_resources: Callable[[], Resources]) -> FastAPI:
@@ -26,6 +32,8 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        level, line = app.state.access.describe_writes(settings.host)
+        log.log(level, "%s", line)
         resources = build_resources()
         app.state.resources = resources
         funnel = Funnel(resources.live, resources.funnel, resources.learning)
@@ -54,9 +62,21 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
     )
     app.state.settings = settings
     app.state.metrics = FeedMetrics()
-    routers = (feed.router, catalog.router, events.router, health.router, metrics.router)
-    for router in (*routers, dashboard.router):
-        app.include_router(router)
+    app.state.access = AccessPolicy.from_settings(settings)
+    # Every router and who may call it. /health stays open: load balancers and orchestrators
+    # probe it without credentials, and it tells nothing beyond up or down and lag.
+    app.include_router(events.router, dependencies=[WriteAccess])
+    for router in (feed.router, catalog.router, metrics.router, dashboard.router):
+        app.include_router(router, dependencies=[ReadAccess])
+    app.include_router(health.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[API_KEY_HEADER, "Authorization", "Content-Type"],
+            max_age=600,
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

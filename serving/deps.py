@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from serving.feed import FeedService
 from serving.metrics import FeedMetrics
 from serving.resources import Resources
+from serving.security import require_read, require_write
 from serving.settings import ServingSettings
 
 
@@ -36,3 +37,7 @@ ResourcesDep = Annotated[Resources, Depends(_resources)]
 FeedServiceDep = Annotated[FeedService, Depends(_feed_service)]
 SettingsDep = Annotated[ServingSettings, Depends(_settings)]
 MetricsDep = Annotated[FeedMetrics, Depends(_metrics)]
+
+#: Router dependencies: a read key when ``require_read_key``, a write key on every write.
+ReadAccess = Depends(require_read)
+WriteAccess = Depends(require_write)

@@ -1,4 +1,8 @@
-"""POST /events and POST /items: validate against schema v1, produce, answer 202."""
+"""POST /events and POST /items: validate against schema v1, produce, answer 202.
+
+The app puts both behind a write key (`serving.security`); a body over `max_body_bytes`
+gets 413 before it is parsed, chunked or not.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from features.errors import InvalidEventError, TransportUnavailableError
 from serving.deps import ResourcesDep, SettingsDep
 from serving.resources import Resources
 from serving.responses import JSONBytes, error
+from serving.security import BodyTooLargeError, read_body
 from streams.schema import Event, Interaction, Item
 
 router = APIRouter(tags=["events"])
@@ -57,9 +62,13 @@ def _send_all(resources: Resources, events: list[Event]) -> None:
 async def _accept(
     request: Request, kind: type[Any], resources: Resources, max_bytes: int
 ) -> JSONBytes:
-    body = await request.body()
-    if len(body) > max_bytes:
-        return error(413, ["body"], f"body of {len(body)} bytes exceeds the limit of {max_bytes}")
+    try:
+        body = await read_body(request, max_bytes)
+    except BodyTooLargeError as exc:
+        # The rest of the body stays unread: the connection is not worth keeping.
+        response = error(413, ["body"], str(exc))
+        response.headers["Connection"] = "close"
+        return response
     try:
         decoded = msgspec.json.decode(body, type=kind | list[kind])  # type: ignore[valid-type]
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
