@@ -17,6 +17,7 @@ from serving.deps import ReadAccess, WriteAccess
 from serving.feed import FeedService
 from serving.funnel.funnel import Funnel
 from serving.metrics import FeedMetrics
+from serving.request_context import RequestIdMiddleware
 from serving.resources import Resources
 from serving.responses import JSONBytes
 from serving.routes import catalog, events, feed, health, metrics
@@ -61,6 +62,7 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
         default_response_class=JSONBytes,
     )
     app.state.settings = settings
+    app.add_middleware(RequestIdMiddleware)
     app.state.metrics = FeedMetrics()
     app.state.access = AccessPolicy.from_settings(settings)
     # Every router and who may call it. /health stays open: load balancers and orchestrators

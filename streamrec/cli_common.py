@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from streamrec import logs
 from streamrec.settings import Settings, load_settings
 
 ConfigOption = Annotated[
@@ -21,10 +22,7 @@ log = logging.getLogger("streamrec")
 
 
 def _setup(config: Path | None, verbose: bool = False) -> Settings:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(verbose)
     try:
         return load_settings(config)
     except Exception as exc:  # noqa: BLE001 - one readable line instead of a traceback

@@ -45,6 +45,7 @@ class DeadLetterPolicy:
             msg.partition,
             msg.offset,
             reason,
+            extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset},
         )
         self.counts[msg.topic] += 1
         self._unflushed += 1

@@ -11,12 +11,18 @@ from fastapi import APIRouter, Path, Query
 from serving.deps import FeedServiceDep, SettingsDep
 from serving.feed import feed_json
 from serving.funnel.context import FeedRequest
+from serving.request_context import request_id as current_request_id
 from serving.responses import JSONBytes, error
 
 router = APIRouter(tags=["feed"])
 
 IdPath = Annotated[str, Path(min_length=1, max_length=256)]
 Name = Annotated[str, Query(min_length=1, max_length=256)]
+
+
+def _request_id() -> str:
+    rid = current_request_id.get()
+    return rid if rid != "-" else uuid.uuid4().hex
 
 
 @router.get("/feed/{user_id}", response_class=JSONBytes)
@@ -49,7 +55,8 @@ def get_feed(
         user_id=user_id,
         k=size,
         now_s=time.time(),
-        request_id=request_id or uuid.uuid4().hex,
+        # The HTTP request's id, so the impression and this request's logs share one id.
+        request_id=request_id or _request_id(),
         device=device,
         categories=frozenset(category or ()),
         exclude_categories=frozenset(exclude_category or ()),
