@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from confluent_kafka import (
@@ -204,6 +204,66 @@ class KafkaSource:
             # A lost commit only means replaying events the store's offset table will skip.
             log.warning("offset commit failed (will be retried with the next batch): %s", exc)
 
+    # --- rewinding, for a worker whose store lost what it had applied (streams.runtime) ---
+
+    def committed(self, tps: Collection[TP]) -> dict[TP, int]:
+        """The group's committed next offsets of ``tps`` (those it has); asks the broker."""
+        if not tps:
+            return {}
+        parts = [TopicPartition(t, p) for t, p in sorted(tps)]
+        try:
+            found = self._consumer.committed(parts, timeout=10.0)
+        except KafkaException as exc:
+            raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
+        return {(p.topic, p.partition): p.offset for p in found if p.offset >= 0}
+
+    def rewind(self, tp: TP, offset: int | None) -> None:
+        """Consume ``tp`` again from ``offset`` (None: the log's beginning), and commit that.
+
+        Messages fetched before the call are dropped by the consumer; the caller drops those it
+        already holds.
+        """
+        topic, partition = tp
+        if offset is None:
+            try:
+                offset, _high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10.0
+                )
+            except KafkaException as exc:
+                raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
+        part = TopicPartition(topic, partition, offset)
+        try:
+            self._consumer.seek(part)
+        except KafkaException:
+            # seek() wants a partition that is being fetched; one just assigned may not be yet.
+            self._consumer.incremental_unassign([TopicPartition(topic, partition)])
+            self._consumer.incremental_assign([part])
+        self.commit({tp: offset})
+
+    def pause(self, tps: Collection[TP]) -> None:
+        """Stop fetching ``tps`` (their position stays where it is)."""
+        parts = [TopicPartition(t, p) for t, p in sorted(tps) if (t, p) in self.assigned]
+        if parts:
+            self._consumer.pause(parts)
+
+    def resume(self, tps: Collection[TP]) -> None:
+        """Fetch ``tps`` again."""
+        parts = [TopicPartition(t, p) for t, p in sorted(tps) if (t, p) in self.assigned]
+        if parts:
+            self._consumer.resume(parts)
+
+    def end_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
+        """(low, high) watermark of every partition of ``topic``; asks the broker."""
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=10.0)
+            partitions = sorted(metadata.topics[topic].partitions)
+            return {
+                p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
+                for p in partitions
+            }
+        except (KafkaException, KeyError) as exc:
+            raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
+
     def lag(self) -> dict[TP, int]:
         """End offset minus position, from cached watermarks (no broker round trip)."""
         parts = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
@@ -248,9 +308,20 @@ class RawProducer:
             "compression.type": "lz4",
             "error_cb": self.connection.on_error,
         }
+        #: How many messages the local buffer holds (librdkafka's default unless configured).
+        self.capacity = int(config.get("queue.buffering.max.messages", 100_000))
+        self._queued = 0  # produced, delivery not reported yet
+        self._count = threading.Lock()
         self._producer = Producer(config)
 
+    @property
+    def queued(self) -> int:
+        """Messages in the local buffer: produced, their delivery not reported yet."""
+        return self._queued
+
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        with self._count:
+            self._queued -= 1
         if err is None:
             self.delivered += 1
             if self.connection.down_reason is not None:
@@ -260,10 +331,18 @@ class RawProducer:
         log.error("delivery failed: %s", err.str())
 
     def send_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Mapping[str, bytes],
+        *,
+        wait_s: float = 5.0,
     ) -> None:
-        """Queue one message; when the local queue is full, wait for room, then give up."""
-        for _ in range(50):
+        """Queue one message. When the local buffer is full, wait up to ``wait_s`` for room,
+        then raise TransportUnavailableError: the message was not taken."""
+        deadline = time.monotonic() + wait_s
+        while True:
             try:
                 self._producer.produce(
                     topic,
@@ -272,17 +351,28 @@ class RawProducer:
                     headers=list(headers.items()) or None,
                     on_delivery=self._delivered,
                 )
-                self._producer.poll(0)
-                return
             except BufferError:
-                self._producer.poll(0.1)
-        raise TransportUnavailableError(
-            "kafka producer queue is full; the broker is not keeping up"
-        )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransportUnavailableError(
+                        f"kafka producer buffer is full ({self.queued} messages waiting): "
+                        "the broker is unreachable or not keeping up"
+                    ) from None
+                self._producer.poll(min(0.1, remaining))
+                continue
+            with self._count:
+                self._queued += 1
+            self._producer.poll(0)
+            return
+
+    def poll(self, timeout_s: float) -> None:
+        """Serve delivery reports, waiting up to ``timeout_s`` for one."""
+        self._producer.poll(timeout_s)
 
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait for delivery; return the number of messages still queued."""
-        return int(self._producer.flush(timeout_s))
+        self._producer.flush(timeout_s)
+        return self.queued
 
     def list_topics(self, timeout_s: float) -> set[str]:
         """Topic names the broker reports (a reachability probe)."""
@@ -314,7 +404,11 @@ class BrokerProbe:
                 except TransportUnavailableError as exc:
                     self._answer = (False, str(exc))
                 self._checked_at = now
-            return self._answer
+            ok, detail = self._answer
+        queued = self.producer.queued
+        if queued:
+            detail += f"; {queued} of {self.producer.capacity} buffered events await delivery"
+        return ok, detail
 
 
 class KafkaTailSource:

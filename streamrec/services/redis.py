@@ -11,14 +11,20 @@ from streamrec.services.process import _rotate, _spawn
 from streamrec.settings import ServicesSettings
 
 
-def redis_command(redis_server: str, port: int, paths: Layout) -> list[str]:
-    """The command line of the Redis server: loopback only, append-only, no RDB snapshots."""
+def redis_command(
+    redis_server: str, port: int, paths: Layout, *, persistent: bool = True
+) -> list[str]:
+    """The command line of the Redis server: loopback only, append-only, no RDB snapshots.
+
+    ``persistent=False`` keeps nothing on disk at all (a restart comes back empty): the
+    fault-injection tests run such a server to check that workers rebuild from the log.
+    """
     return [
         redis_server,
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(paths.redis_dir),
-        "--appendonly", "yes",
+        "--appendonly", "yes" if persistent else "no",
         "--save", "",
         "--daemonize", "no",
         "--pidfile", str(paths.redis_pid),
@@ -37,7 +43,7 @@ def _redis_answers(url: str, timeout: float) -> bool:
         client.close()
 
 
-def _start_redis(services: ServicesSettings, paths: Layout) -> int:
+def _start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool = True) -> int:
     server = shutil.which("redis-server")
     if server is None:
         raise ServiceError(
@@ -46,4 +52,5 @@ def _start_redis(services: ServicesSettings, paths: Layout) -> int:
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
     _rotate(paths.redis_log)
     log.info("starting Redis on localhost:%d", services.redis_port)
-    return _spawn(redis_command(server, services.redis_port, paths), paths.redis_log)
+    argv = redis_command(server, services.redis_port, paths, persistent=persistent)
+    return _spawn(argv, paths.redis_log)
