@@ -480,7 +480,10 @@ class KafkaTailSource:
                     low, high = self._consumer.get_watermark_offsets(part, timeout=2.0)
             except KafkaException:
                 return self._lag
-            position = part.offset if part.offset >= 0 else low
+            # Nothing consumed yet: the position is where the partition was assigned from (a
+            # snapshot's offset; an empty tail must not look like a whole partition to read).
+            start = self._start.get(part.partition, low)
+            position = part.offset if part.offset >= 0 else max(start, low)
             lag[(part.topic, part.partition)] = max(0, high - position)
         self._lag = lag
         return lag

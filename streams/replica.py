@@ -31,8 +31,10 @@ SourceFactory = Callable[[Mapping[int, int]], MessageSource]
 class IndexReplica:
     """Applies item events to an :class:`AnnIndex` in a background thread.
 
-    ``ready`` turns true once the replica has caught up with the topic for the first time;
-    until then /health reports it as loading.
+    The thread first loads the last snapshot, then follows the topic from the offsets the
+    snapshot covers. ``ready`` turns true once the replica has caught up with the topic for
+    the first time; until then /health reports it as loading (``phase`` says which step),
+    and the process serves feeds from whatever the replica holds so far.
     """
 
     def __init__(
@@ -65,6 +67,9 @@ class IndexReplica:
         self.applied = 0
         self.skipped = 0
         self.restored_from: str | None = None
+        #: "starting", "loading snapshot", "catching up", then "ready".
+        self.phase = "starting"
+        self._restored = threading.Event()  # the snapshot is loaded (or there was none)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._source: MessageSource | None = None
@@ -74,15 +79,15 @@ class IndexReplica:
         self._lag: int | None = None
 
     def start(self) -> None:
-        """Load the last snapshot (if any) and follow the topic from where it ends."""
-        self._restore()
-        self._source = self.source_factory({p: o + 1 for p, o in self.offsets.items()})
+        """Load the last snapshot (if any) and follow the topic from where it ends, in the
+        background: a large snapshot must not keep the process from answering /health."""
         self._thread = threading.Thread(target=self._run, name="index-replica", daemon=True)
         self._thread.start()
 
     def _restore(self) -> None:
         if self.snapshot_dir is None or not (self.snapshot_dir / "CURRENT").exists():
             return
+        self.phase = "loading snapshot"
         try:
             index, meta = type(self.index).load(self.snapshot_dir)
         except (OSError, ValueError) as exc:
@@ -101,7 +106,17 @@ class IndexReplica:
         log.info("index replica restored %d items from its snapshot", len(index))
 
     def _run(self) -> None:
-        assert self._source is not None
+        try:
+            self._restore()
+        except Exception:  # noqa: BLE001 - a snapshot is only a shortcut
+            log.exception("index snapshot could not be loaded; rebuilding from the topic")
+            self.index, self.offsets, self.catalog = self.index_factory(), {}, {}
+        self._restored.set()
+        self.phase = "catching up"
+        if self._stop.is_set():
+            return
+        self._source = self.source_factory({p: o + 1 for p, o in self.offsets.items()})
+        self._last_snapshot = time.monotonic()
         while not self._stop.is_set():
             try:
                 messages = self._source.poll_batch(self.batch_size, self.poll_timeout_s)
@@ -110,6 +125,7 @@ class IndexReplica:
                 else:
                     self._lag = sum(self._source.lag().values())
                     if not self.ready.is_set() and self._lag == 0:
+                        self.phase = "ready"
                         self.ready.set()
                         log.info("index replica caught up: %d items", len(self.index))
                 if time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
@@ -146,10 +162,14 @@ class IndexReplica:
         self.applied += len(latest)
 
     def snapshot(self) -> None:
-        """Save the index with the offsets it covers (atomically)."""
+        """Save the index with the offsets it covers (atomically).
+
+        Only the replica's thread (or :meth:`stop`, once that thread has ended) may call it:
+        the offsets must be those of exactly what the index holds.
+        """
         self._last_snapshot = time.monotonic()
-        if self.snapshot_dir is None:
-            return
+        if self.snapshot_dir is None or not self._restored.is_set():
+            return  # a replica still loading would overwrite a good snapshot with less
         meta = {
             "topic": self.topic,
             "offsets": {str(p): o for p, o in self.offsets.items()},
@@ -164,6 +184,7 @@ class IndexReplica:
         """What /health shows about the replica."""
         return {
             "ready": self.ready.is_set(),
+            "phase": self.phase,
             "items": len(self.index),
             "applied": self.applied,
             "skipped": self.skipped,
@@ -176,6 +197,10 @@ class IndexReplica:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                # Still inside a batch: a snapshot now could pair offsets with another index.
+                log.warning("index replica did not stop within 10 s; no final snapshot")
+                return
         if self._source is not None:
             self._source.close()
         if self.snapshot_dir is not None and self._thread is not None:

@@ -54,7 +54,20 @@ def _body_schema(kind: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+#: How long a request waits for room in a full producer buffer before it answers 503: long
+#: enough to ride out a burst, short enough not to hold a server thread through an outage.
+FULL_BUFFER_WAIT_S = 0.5
+#: What a 503 asks the client to wait before sending the same body again.
+RETRY_AFTER_S = 5
+
+
 def _send_all(resources: Resources, events: list[Event]) -> None:
+    """Queue all of ``events`` or none (TransportUnavailableError), so that a client that gets
+    a 503 may send the same body again without duplicating any of it."""
+    send_many = getattr(resources.sink, "send_many", None)
+    if send_many is not None:  # the Kafka producer; the in-process bus is never full
+        send_many(events, wait_s=FULL_BUFFER_WAIT_S)
+        return
     for event in events:
         resources.sink.send(event)
 
@@ -81,11 +94,22 @@ async def _accept(
         except InvalidEventError as exc:
             prefix = ("body", index) if isinstance(decoded, list) else ("body",)
             return error(422, error_location(str(exc), prefix), str(exc))
+    capacity = getattr(resources.sink, "capacity", None)
+    if capacity is not None and len(events) > capacity:
+        # It would never fit, however long the client waited: not a 503.
+        return error(
+            413, ["body"], f"{len(events)} events exceed the producer buffer of {capacity}"
+        )
     try:
         # librdkafka may block briefly when its queue is full: keep that off the event loop.
         await run_in_threadpool(_send_all, resources, events)
     except TransportUnavailableError as exc:
-        return JSONBytes({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        # Nothing of the body was taken; the events are not lost, they were refused.
+        return JSONBytes(
+            {"detail": str(exc), "accepted": 0},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return JSONBytes({"accepted": len(events)}, status_code=202)
 
 
