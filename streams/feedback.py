@@ -288,7 +288,11 @@ class FeedbackProcessor:
             l2=self.settings.ranker_l2,
         )
         for features, clicked in usable:
-            ranker.learn(features, clicked)
+            try:
+                ranker.learn(features, clicked)
+            except ValueError:
+                # A feature no float can carry: one example lost, never the worker.
+                log.warning("ranker example with a non-finite feature skipped")
         weights = ranker.export()
         self.rankers.save(batch, part, weights)
         self.stats.examples += len(usable)

@@ -39,8 +39,13 @@ def item_vector(item: Item, dim: int) -> npt.NDArray[np.float32] | None:
     """
     if item.embedding is not None:
         vector = np.asarray(item.embedding, dtype=np.float64)
-        norm = float(np.linalg.norm(vector))
-        return (vector / norm).astype(np.float32) if norm > 0 else None
+        # Scale by the largest magnitude first: the norm of 1e200s overflows, of 1e-200s
+        # underflows, and either would lose a valid direction.
+        peak = float(np.abs(vector).max()) if vector.size else 0.0
+        if not peak > 0:
+            return None
+        vector = vector / peak
+        return (vector / float(np.linalg.norm(vector))).astype(np.float32)
     text = " ".join(part for part in (item.title, item.text) if part)
     vector32 = content_embedding(
         dim=dim, category=item.category, creator=item.creator, tags=item.tags, text=text or None

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from features.errors import InvalidEventError
-from streams.schema import Event, EventValidator, Impression, Interaction, Item
+from streams.schema import DECODE_ERRORS, Event, EventValidator, Impression, Interaction, Item
 from streams.transport import EventSink
 
 
@@ -39,7 +39,7 @@ def parse_line(line: bytes, validator: EventValidator, now_ms: int) -> Event:
         if not isinstance(obj, dict):
             raise InvalidEventError(f"expected a JSON object, got {type(obj).__name__}")
         event: Event = msgspec.convert(obj, event_kind(obj))
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidEventError(str(exc)) from None
     validator.check(event, now_ms=now_ms)
     return event

@@ -289,6 +289,9 @@ class Worker:
         except InvalidEventError as exc:
             self._reject(msg, str(exc))
             return False
+        except Exception as exc:  # noqa: BLE001 - no message may stop the worker
+            self._reject(msg, f"undecodable: {type(exc).__name__}: {exc}")
+            return False
         if kind is not Item:
             tp = (msg.topic, msg.partition)
             mark = watermarks.get(tp)

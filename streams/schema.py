@@ -112,6 +112,18 @@ _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
 }
 _ENCODER = msgspec.json.Encoder()
 
+#: Everything decoding hostile bytes can raise: invalid UTF-8 inside a string and deeply
+#: nested JSON escape msgspec's own error types.
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeDecodeError,
+    RecursionError,
+)
+#: Magnitudes from here up round to infinity as float32, in which features and embeddings
+#: are stored (the largest float32 plus half a unit in the last place).
+FLOAT32_LIMIT = 3.4028235677973366e38
+
 
 class EventValidator:
     """Decodes raw bytes into events and rejects bad ones with a precise reason.
@@ -143,7 +155,7 @@ class EventValidator:
             )
         try:
             event = _DECODERS[kind].decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             raise InvalidEventError(str(exc)) from None
         self.check(event, now_ms=now_ms)
         return event
@@ -179,7 +191,7 @@ def _check_impression(event: Impression) -> None:
                 f"{len(slot.features)} features, expected {expected} - at `$.slots[{i}].features`"
             )
         for j, value in enumerate(slot.features):
-            if not math.isfinite(value):
+            if not (math.isfinite(value) and abs(value) < FLOAT32_LIMIT):
                 raise InvalidEventError(
                     f"feature value is {value} - at `$.slots[{i}].features[{j}]`"
                 )
@@ -191,7 +203,7 @@ def _check_embedding(values: Sequence[float], dim: int) -> None:
             f"embedding has dimension {len(values)}, expected {dim} - at `$.embedding`"
         )
     for i, value in enumerate(values):
-        if not math.isfinite(value):
+        if not (math.isfinite(value) and abs(value) < FLOAT32_LIMIT):
             raise InvalidEventError(f"embedding value is {value} - at `$.embedding[{i}]`")
 
 

@@ -19,7 +19,7 @@ from serving.deps import ResourcesDep, SettingsDep
 from serving.resources import Resources
 from serving.responses import JSONBytes, error
 from serving.security import BodyTooLargeError, read_body
-from streams.schema import Event, Interaction, Item
+from streams.schema import DECODE_ERRORS, Event, Interaction, Item
 
 router = APIRouter(tags=["events"])
 
@@ -84,7 +84,7 @@ async def _accept(
         return response
     try:
         decoded = msgspec.json.decode(body, type=kind | list[kind])  # type: ignore[valid-type]
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         return error(422, error_location(str(exc)), str(exc))
     events: list[Event] = decoded if isinstance(decoded, list) else [decoded]
     now_ms = int(time.time() * 1000)
