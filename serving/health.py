@@ -36,6 +36,8 @@ def health_report(
                     "heartbeat_age_s": round(age, 3),
                     "applied": beat.get("applied", 0),
                     "dead_lettered": beat.get("dead_lettered", 0),
+                    # Times it found the store holding less than it applied, and replayed.
+                    "rewinds": beat.get("rewinds", 0),
                     "lag": beat.get("lag", {}),
                     "total_lag": sum(beat.get("lag", {}).values()),
                 }

@@ -221,24 +221,22 @@ class KafkaSource:
         """Consume ``tp`` again from ``offset`` (None: the log's beginning), and commit that.
 
         Messages fetched before the call are dropped by the consumer; the caller drops those it
-        already holds.
+        already holds. (A rewind to the beginning is committed by the first batch after it.)
         """
         topic, partition = tp
-        if offset is None:
-            try:
-                offset, _high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10.0
-                )
-            except KafkaException as exc:
-                raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
-        part = TopicPartition(topic, partition, offset)
+        part = TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset)
         try:
-            self._consumer.seek(part)
-        except KafkaException:
-            # seek() wants a partition that is being fetched; one just assigned may not be yet.
-            self._consumer.incremental_unassign([TopicPartition(topic, partition)])
-            self._consumer.incremental_assign([part])
-        self.commit({tp: offset})
+            try:
+                self._consumer.seek(part)
+            except KafkaException:
+                # seek() wants a partition being fetched; one just assigned may not be yet.
+                log.info("rewinding %s/%d by assigning it again", topic, partition)
+                self._consumer.incremental_unassign([TopicPartition(topic, partition)])
+                self._consumer.incremental_assign([part])
+        except KafkaException as exc:
+            raise TransportUnavailableError(f"cannot rewind {topic}/{partition}: {exc}") from None
+        if offset is not None:
+            self.commit({tp: offset})
 
     def pause(self, tps: Collection[TP]) -> None:
         """Stop fetching ``tps`` (their position stays where it is)."""

@@ -11,6 +11,7 @@ top of it are applied again by the plain, synchronous path, which re-reads every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from features.batch import HSet, WriteBatch
+from features.errors import StoreUnavailableError
 from streams.processors import BatchReads, EventBatch
 from streams.runtime import Worker, _Stopped
 from streams.state_cache import StateCache
@@ -91,6 +93,15 @@ class PipelinedWorker(Worker):
             batch, last, events = self._plan(messages, stop)
             self._finish(stop)
         except _InflightFailed:
+            self.cache.clear()
+            self.apply_messages(messages, stop)
+            return
+        except StoreUnavailableError as exc:
+            # Land (or redo) the commit in flight first, or its batch could be skipped; the
+            # synchronous path then waits out the outage with backoff.
+            log.info("store read failed while planning (%s); applying synchronously", exc)
+            with contextlib.suppress(_InflightFailed):
+                self._finish(stop)
             self.cache.clear()
             self.apply_messages(messages, stop)
             return

@@ -94,7 +94,14 @@ class Funnel:
 
     def similar_items(self, request: FeedRequest) -> FeedResult:
         """Items like ``request.item_id`` that may be shown (availability and the business
-        rules), best first."""
+        rules), best first; empty and degraded when live state is unreachable."""
+        try:
+            return self._similar(request)
+        except StoreUnavailableError as exc:
+            log.warning("similar items for %s unavailable: %s", request.item_id, exc)
+            return FeedResult(request, [], Trace(), "similar", "similar", [], True)
+
+    def _similar(self, request: FeedRequest) -> FeedResult:
         trace = Trace()
         watch = Stopwatch(trace)
         user = UserState(None, None, [])
