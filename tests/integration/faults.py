@@ -21,7 +21,7 @@ from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
 from streamrec.services.common import layout
-from streamrec.services.kafka import _kafka_answers, _start_kafka
+from streamrec.services.kafka import _fetch_kafka_jars, _kafka_answers, _start_kafka
 from streamrec.services.process import _running, _signal_group, _stop
 from streamrec.services.redis import _redis_answers, _start_redis
 from streamrec.settings import ServicesSettings, load_settings
@@ -81,9 +81,12 @@ class PrivateKafka:
         self.paths = layout(self.services)
         self.bootstrap = f"localhost:{self.services.kafka_port}"
         self.pid: int | None = None
-        shared = layout(load_settings().services).kafka_libs
+        shared_layout = layout(load_settings().services)
+        shared = shared_layout.kafka_libs
         if not any(shared.glob("*.jar")):
-            raise FileNotFoundError(f"no Kafka jars in {shared}; run `streamrec services up`")
+            # The shared broker may be someone else's (it was already running): fetch the
+            # jars here as `streamrec services up` would have.
+            _fetch_kafka_jars(shared_layout)
         self.paths.kafka_dir.mkdir(parents=True, exist_ok=True)
         # Share the jars (a few hundred MB of downloads) instead of fetching them again.
         self.paths.kafka_libs.symlink_to(shared, target_is_directory=True)
