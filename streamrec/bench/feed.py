@@ -90,6 +90,25 @@ def seed_world(run: Settings, sim: StreamSimulator, worker: _WorkerRun, history:
     return now_ms
 
 
+def prepare_run(
+    settings: Settings, catalog: int, seed: int
+) -> tuple[Settings, StreamSimulator, int]:
+    """Services up, settings of a run of its own (topics created, a free API port, no
+    snapshots) and the simulator of its catalog; returns them with the number of users."""
+    ensure_services(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    run = isolated_settings(settings, uuid.uuid4().hex[:8])
+    serving = run.serving.model_copy(update={"port": free_port(), "index_snapshot_dir": None})
+    run = run.model_copy(update={"serving": serving})
+    create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
+    users = max(catalog // 5, 2000)
+    sim = StreamSimulator(
+        SimulatorConfig(users=users, items=catalog, embedding_dim=run.features.embedding_dim),
+        seed=seed,
+    )
+    return run, sim, users
+
+
 def run_feed_bench(
     settings: Settings,
     *,
@@ -102,17 +121,7 @@ def run_feed_bench(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Feed latency (whole and per stage) and requests/s, against a trivial endpoint."""
-    ensure_services(settings)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    run = isolated_settings(settings, uuid.uuid4().hex[:8])
-    serving = run.serving.model_copy(update={"port": free_port(), "index_snapshot_dir": None})
-    run = run.model_copy(update={"serving": serving})
-    create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
-    users = max(catalog // 5, 2000)
-    sim = StreamSimulator(
-        SimulatorConfig(users=users, items=catalog, embedding_dim=run.features.embedding_dim),
-        seed=seed,
-    )
+    run, sim, users = prepare_run(settings, catalog, seed)
     began = time.perf_counter()
     worker = _WorkerRun(run, own_process=True)
     api: ServerProcess | None = None

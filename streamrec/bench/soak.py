@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,14 @@ import httpx
 import numpy as np
 import orjson
 
-from streamrec.bench.feed import SETUP_TIMEOUT_S, seed_world
-from streamrec.bench.feed_servers import ServerProcess, free_port
+from streamrec.bench.feed import SETUP_TIMEOUT_S, prepare_run, seed_world
+from streamrec.bench.feed_servers import ServerProcess
 from streamrec.bench.freshness import _WorkerRun
 from streamrec.bench.freshness_parts import Load
-from streamrec.bench.isolation import cleanup, isolated_settings
+from streamrec.bench.isolation import cleanup
 from streamrec.bench.latency import percentile
 from streamrec.bench.report import print_table
-from streamrec.services import ensure_services
 from streamrec.settings import Settings
-from streams.kafka_io import create_topics
-from streams.simulator import SimulatorConfig, StreamSimulator
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +138,7 @@ def run_soak_bench(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the whole system for ``minutes`` under load; figures per minute and overall."""
-    ensure_services(settings)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    run = isolated_settings(settings, uuid.uuid4().hex[:8])
-    serving = run.serving.model_copy(update={"port": free_port(), "index_snapshot_dir": None})
-    run = run.model_copy(update={"serving": serving})
-    create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
-    users = max(catalog // 5, 2000)
-    sim = StreamSimulator(
-        SimulatorConfig(users=users, items=catalog, embedding_dim=run.features.embedding_dim),
-        seed=seed,
-    )
+    run, sim, users = prepare_run(settings, catalog, seed)
     seconds = minutes * 60.0
     worker = _WorkerRun(run, own_process=True)
     api: ServerProcess | None = None
