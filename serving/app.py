@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
+from serving.api_models import ACCESS_ERRORS
 from serving.dashboard import routes as dashboard
 from serving.dashboard.sampler import DashboardSampler
 from serving.deps import ReadAccess, WriteAccess
 from serving.feed import FeedService
 from serving.funnel.funnel import Funnel
+from serving.http_metrics import ResponseCounter
 from serving.metrics import FeedMetrics
 from serving.request_context import RequestIdMiddleware
 from serving.resources import Resources
@@ -62,14 +64,15 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
         default_response_class=JSONBytes,
     )
     app.state.settings = settings
-    app.add_middleware(RequestIdMiddleware)
     app.state.metrics = FeedMetrics()
+    app.add_middleware(ResponseCounter, counter=app.state.metrics.responses)
+    app.add_middleware(RequestIdMiddleware)
     app.state.access = AccessPolicy.from_settings(settings)
     # Every router and who may call it. /health stays open: load balancers and orchestrators
     # probe it without credentials, and it tells nothing beyond up or down and lag.
-    app.include_router(events.router, dependencies=[WriteAccess])
+    app.include_router(events.router, dependencies=[WriteAccess], responses=ACCESS_ERRORS)
     for router in (feed.router, catalog.router, metrics.router, dashboard.router):
-        app.include_router(router, dependencies=[ReadAccess])
+        app.include_router(router, dependencies=[ReadAccess], responses=ACCESS_ERRORS)
     app.include_router(health.router)
     if settings.cors_origins:
         app.add_middleware(

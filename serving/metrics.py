@@ -73,6 +73,13 @@ class FeedMetrics:
             ["segment", "source"],
             registry=r,
         )
+        self.responses = Counter(
+            "streamrec_http_responses",
+            "HTTP responses by route template, method and status (401/403/429 of the access "
+            "policy, 413 of the body limit, 503 when the event buffer is full)",
+            ["route", "method", "status"],
+            registry=r,
+        )
         self.impressions_dropped = Counter(
             "streamrec_impressions_dropped", "Impressions not logged (producer full)", registry=r
         )

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 
-class JSONBytes(Response):
-    """A JSON response serialized with orjson (numpy floats and dataclasses included)."""
+class JSONBytes(JSONResponse):
+    """A JSON response serialized with orjson (numpy floats and dataclasses included).
+
+    A JSONResponse so that FastAPI documents a route's body as the model its ``responses=``
+    names (any other response class it documents as a string); only the type is borrowed.
+    """
 
     media_type = "application/json"
 

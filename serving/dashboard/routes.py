@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from features.errors import StoreUnavailableError
+from serving.api_models import INVALID, SNAPSHOT_EVENT, History, UserSession, unavailable
 from serving.dashboard.sampler import DashboardSampler
 from serving.deps import ResourcesDep
 from serving.responses import JSONBytes
@@ -54,13 +55,26 @@ def static(name: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.-]+$")]) -> Res
     return FileResponse(path)
 
 
-@router.get("/dashboard/history", response_class=JSONBytes)
+@router.get("/dashboard/history", response_class=JSONBytes, responses={200: {"model": History}})
 def history(request: Request) -> JSONBytes:
     """The last few minutes of snapshots, oldest first."""
     return JSONBytes({"snapshots": list(_sampler(request).history)})
 
 
-@router.get("/dashboard/events")
+@router.get(
+    "/dashboard/events",
+    # Only for the document: a Response the endpoint returns goes out as it is.
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`retry: 2000`, then an `event: snapshot` whose `data` is one "
+            "Snapshot as JSON every sampling interval, and a `: keep-alive` comment after "
+            f"{KEEPALIVE_S:g} s without one; it never ends",
+            "content": {"text/event-stream": {"schema": SNAPSHOT_EVENT}},
+        },
+        **unavailable("Too many dashboard clients are connected"),
+    },
+)
 async def events(request: Request) -> Response:
     """Snapshots as Server-Sent Events; a slow client loses old snapshots, never blocks."""
     hub = _sampler(request).hub
@@ -85,7 +99,11 @@ async def events(request: Request) -> Response:
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
-@router.get("/dashboard/user/{user_id}", response_class=JSONBytes)
+@router.get(
+    "/dashboard/user/{user_id}",
+    response_class=JSONBytes,
+    responses={200: {"model": UserSession}, **INVALID, **unavailable("The store is unreachable")},
+)
 def user(
     user_id: Annotated[str, PathParam(min_length=1, max_length=256)],
     request: Request,

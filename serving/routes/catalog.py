@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from features.errors import StoreUnavailableError
 from features.keys import GLOBAL, Keys
+from serving.api_models import INVALID, CatalogItem, ErrorBody, Trending, unavailable
 from serving.deps import ResourcesDep, SettingsDep
 from serving.responses import JSONBytes, error
 
@@ -25,7 +26,11 @@ def _half_life(window: str, half_lives: list[float]) -> float | None:
     return next((h for h in half_lives if abs(h - seconds) < 1e-6), None)
 
 
-@router.get("/trending", response_class=JSONBytes)
+@router.get(
+    "/trending",
+    response_class=JSONBytes,
+    responses={200: {"model": Trending}, **INVALID},
+)
 def get_trending(
     resources: ResourcesDep,
     settings: SettingsDep,
@@ -52,7 +57,9 @@ def get_trending(
         ranked = live.trending_list(half_life, scope, size, now)
         rising = dict(live.trending.rising(resources.store, size * 2, now, scope))
     except StoreUnavailableError:
-        return JSONBytes({"degraded": True, "items": [], "window_s": half_life}, status_code=200)
+        return JSONBytes(
+            {"window_s": half_life, "category": category, "degraded": True, "items": []}
+        )
     return JSONBytes(
         {
             "window_s": half_life,
@@ -66,7 +73,16 @@ def get_trending(
     )
 
 
-@router.get("/items/{item_id}", response_class=JSONBytes)
+@router.get(
+    "/items/{item_id}",
+    response_class=JSONBytes,
+    responses={
+        200: {"model": CatalogItem},
+        404: {"model": ErrorBody, "description": "No such item in the catalog"},
+        **INVALID,
+        **unavailable("The store is unreachable"),
+    },
+)
 def get_item(
     item_id: Annotated[str, Path(min_length=1, max_length=256)], resources: ResourcesDep
 ) -> JSONBytes:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from features.errors import InvalidEventError, TransportUnavailableError
+from serving.api_models import BODY_ERRORS, Accepted, EventsRefused, Responses, unavailable
 from serving.deps import ResourcesDep, SettingsDep
 from serving.resources import Resources
 from serving.responses import JSONBytes, error
@@ -113,7 +114,23 @@ async def _accept(
     return JSONBytes({"accepted": len(events)}, status_code=202)
 
 
-@router.post("/events", status_code=202, openapi_extra=_body_schema("Interaction"))
+#: What POST /events and /items answer besides the access policy's errors.
+RESPONSES: Responses = {
+    202: {"model": Accepted},
+    **BODY_ERRORS,
+    **unavailable(
+        "The producer buffer stayed full: nothing was taken, send the same body again later",
+        EventsRefused,
+    ),
+}
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    responses=RESPONSES,
+    openapi_extra=_body_schema("Interaction"),
+)
 async def post_events(
     request: Request, resources: ResourcesDep, settings: SettingsDep
 ) -> JSONBytes:
@@ -121,7 +138,7 @@ async def post_events(
     return await _accept(request, Interaction, resources, settings.max_body_bytes)
 
 
-@router.post("/items", status_code=202, openapi_extra=_body_schema("Item"))
+@router.post("/items", status_code=202, responses=RESPONSES, openapi_extra=_body_schema("Item"))
 async def post_items(request: Request, resources: ResourcesDep, settings: SettingsDep) -> JSONBytes:
     """Accept one item upsert or delete, or a JSON array of them."""
     return await _accept(request, Item, resources, settings.max_body_bytes)

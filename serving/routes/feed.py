@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from serving.api_models import INVALID, Feed, Similar
 from serving.deps import FeedServiceDep, SettingsDep
 from serving.feed import feed_json
 from serving.funnel.context import FeedRequest
@@ -25,7 +26,11 @@ def _request_id() -> str:
     return rid if rid != "-" else uuid.uuid4().hex
 
 
-@router.get("/feed/{user_id}", response_class=JSONBytes)
+@router.get(
+    "/feed/{user_id}",
+    response_class=JSONBytes,
+    responses={200: {"model": Feed}, **INVALID},
+)
 def get_feed(
     user_id: IdPath,
     service: FeedServiceDep,
@@ -64,7 +69,11 @@ def get_feed(
     return JSONBytes(feed_json(service.feed(request), debug))
 
 
-@router.get("/similar/{item_id}", response_class=JSONBytes)
+@router.get(
+    "/similar/{item_id}",
+    response_class=JSONBytes,
+    responses={200: {"model": Similar}, **INVALID},
+)
 def get_similar(
     item_id: IdPath,
     service: FeedServiceDep,

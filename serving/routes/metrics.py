@@ -11,7 +11,16 @@ from serving.metrics import CONTENT_TYPE
 router = APIRouter(tags=["health"])
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
 def get_metrics(metrics: MetricsDep) -> Response:
     """Per-stage latency, candidates per source, removals per filter, slots per source."""
     return Response(metrics.exposition(), media_type=CONTENT_TYPE)

@@ -494,3 +494,26 @@ def test_a_rediss_url_builds_a_tls_pool_with_credentials_without_connecting() ->
     plain = RedisStore("redis://:only-password@redis.invalid:6379/0")._client.connection_pool
     assert not issubclass(plain.connection_class, redis.SSLConnection)
     assert plain.connection_kwargs["password"] == "only-password"
+
+
+def test_metrics_count_every_refusal_by_route_and_status(keyed: tuple[Api, TestClient]) -> None:
+    api, c = keyed
+    c.post("/events", json=click())  # 401
+    c.post("/events", json=click(), headers=key(OTHER))  # 403
+    c.post("/events", json=click(1), headers=key(WRITE))  # 202
+    c.get("/no/such/path", headers=key(READ))  # 404, no route
+    big = {**click(2), "padding": "x" * (api.settings.serving.max_body_bytes + 1)}
+    c.post("/events", json=big, headers=key(WRITE))  # 413
+    text = c.get("/metrics", headers=key(READ)).text
+    for route, method, status, count in [
+        ("/events", "POST", "401", 1),
+        ("/events", "POST", "403", 1),
+        ("/events", "POST", "202", 1),
+        ("/events", "POST", "413", 1),
+        ("unmatched", "GET", "404", 1),
+    ]:
+        line = (
+            f'streamrec_http_responses_total{{method="{method}",route="{route}",'
+            f'status="{status}"}} {count:.1f}'
+        )
+        assert line in text, line
