@@ -40,6 +40,14 @@ class ZKeepTop:
 
 
 @dataclass(frozen=True, slots=True)
+class ZRemBelow:
+    """Remove the members scored below ``score`` (ZREMRANGEBYSCORE -inf (score)."""
+
+    key: str
+    score: int
+
+
+@dataclass(frozen=True, slots=True)
 class ZScale:
     """Multiply every score by ``factor`` (a decay landmark rotation)."""
 
@@ -87,7 +95,19 @@ class Delete:
     key: str
 
 
-Op = ZIncrBy | ZAdd | ZRem | ZKeepTop | ZScale | HSet | HSetNX | SetBytes | Expire | Delete
+Op = (
+    ZIncrBy
+    | ZAdd
+    | ZRem
+    | ZRemBelow
+    | ZKeepTop
+    | ZScale
+    | HSet
+    | HSetNX
+    | SetBytes
+    | Expire
+    | Delete
+)
 
 
 class WriteBatch:
@@ -143,6 +163,10 @@ class WriteBatch:
         """Remove members from a sorted set."""
         if members:
             self._append(ZRem(key, tuple(members)))
+
+    def zrem_below(self, key: str, score: int) -> None:
+        """Remove the members of a sorted set scored below ``score``."""
+        self._append(ZRemBelow(key, score))
 
     def zkeeptop(self, key: str, keep: int) -> None:
         """Trim a sorted set to its ``keep`` best members."""

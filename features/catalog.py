@@ -96,8 +96,23 @@ class Catalog:
         )
 
     def remove(self, batch: WriteBatch, item_id: str, *, ts_ms: int) -> None:
-        """Queue a delete: the record stays as a tombstone so filters can drop the item."""
-        batch.hset(self.keys.item(item_id), {"available": "0", "updated_at": str(ts_ms)})
+        """Queue a delete: the record becomes a tombstone so filters can drop the item.
+
+        The whole record is replaced, not patched, so that it is the same whether the item's
+        earlier upsert was applied in an earlier batch or superseded in this one.
+        """
+        key = self.keys.item(item_id)
+        batch.delete(key)
+        batch.hset(
+            key,
+            {
+                "category": "",
+                "creator": "",
+                "available": "0",
+                "updated_at": str(ts_ms),
+                "stub": "0",
+            },
+        )
         batch.zrem(self.keys.items_by_time(), [item_id])
 
     def available_mask(self, store: Store, item_ids: Sequence[str]) -> list[bool]:

@@ -95,6 +95,11 @@ class Keys:
         """Hash of partition → highest event time (ms) applied, for the lateness rule."""
         return f"{self._prefix}:watermarks:{topic}"
 
+    def event_ids(self, topic: str, partition: int) -> str:
+        """Sorted set of the event ids a partition applied recently, scored by event time
+        (ms): a re-sent event is recognised by its id."""
+        return f"{self._prefix}:eids:{topic}:{partition}"
+
     def bandit(self, segment: str) -> str:
         """Sorted set of one context segment's forward-decayed impressions and rewards per
         source (members ``<source>|n`` and ``<source>|r``)."""

@@ -266,6 +266,9 @@ def bench_soak(
     rate: Annotated[float, typer.Option(min=1, help="Simulated events/s through Kafka.")] = 5000.0,
     requests_per_s: Annotated[float, typer.Option(min=0.1, help="Feed requests/s.")] = 40.0,
     catalog: Annotated[int, typer.Option(min=1000, help="Items in the catalog.")] = 20_000,
+    users: Annotated[
+        int | None, typer.Option(min=100, help="Users of the stream (default: catalog / 5).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the stream.")] = 0,
 ) -> None:
     """Worker and API under steady load: p50/p99, errors, lag and RSS minute by minute."""
@@ -277,6 +280,7 @@ def bench_soak(
         rate=rate,
         requests_per_s=requests_per_s,
         catalog=catalog,
+        users=users,
         seed=seed,
     )
     typer.echo(orjson.dumps(figures).decode())

@@ -61,8 +61,10 @@ def build_worker(
     worker_id: str | None = None,
     *,
     pipelined: bool = False,
+    commit_target_ms: float = 0.0,
 ) -> Worker:
-    """A worker over any transport: the composition both modes share."""
+    """A worker over any transport: the composition both modes share. ``commit_target_ms``
+    above 0 sizes batches to keep each commit near it (see streams/batch_limit.py)."""
     keys = Keys(settings.namespace)
     return (PipelinedWorker if pipelined else Worker)(
         source=source,
@@ -74,6 +76,7 @@ def build_worker(
         topics=settings.topics,
         settings=settings.worker,
         worker_id=worker_id,
+        commit_target_ms=commit_target_ms,
     )
 
 
@@ -89,7 +92,16 @@ def kafka_worker(settings: Settings, worker_id: str | None = None) -> Worker:
     )
     dead_letters = RawProducer(settings.kafka_bootstrap, settings.kafka_config, name="dead-letter")
     # Against Redis, commits take long enough to be worth overlapping with the next batch.
-    return build_worker(settings, source, store, dead_letters, worker_id, pipelined=True)
+    # Redis serves the feed API too: keep each commit short enough not to stall its reads.
+    return build_worker(
+        settings,
+        source,
+        store,
+        dead_letters,
+        worker_id,
+        pipelined=True,
+        commit_target_ms=settings.worker.max_commit_ms,
+    )
 
 
 def kafka_resources(settings: Settings) -> Resources:

@@ -21,6 +21,7 @@ from typing import Any
 
 from features.batch import HSet, WriteBatch
 from features.errors import StoreUnavailableError
+from streams.dedup import KnownIds
 from streams.processors import BatchReads, EventBatch
 from streams.runtime import Worker, _Stopped
 from streams.state_cache import StateCache
@@ -58,7 +59,7 @@ class PipelinedWorker(Worker):
         try:
             while not stop.is_set():
                 messages = self.source.poll_batch(
-                    self.settings.batch_size, self.settings.batch_timeout_ms / 1000.0
+                    self.batch_limit.current, self.settings.batch_timeout_ms / 1000.0
                 )
                 try:
                     if messages:
@@ -105,7 +106,7 @@ class PipelinedWorker(Worker):
             self.cache.clear()
             self.apply_messages(messages, stop)
             return
-        future = self._committer.submit(self.store.commit, batch)
+        future = self._committer.submit(self._commit, batch, len(events))
         self._inflight = _Inflight(future, messages, last, events, started)
 
     def _plan(
@@ -127,7 +128,7 @@ class PipelinedWorker(Worker):
                     cache.watermarks.setdefault(tp, stored_marks[tp])
         applied = {tp: cache.offsets[tp] for tp in last if cache.offsets[tp] >= 0}
         watermarks = {tp: cache.watermarks[tp] for tp in last if tp in cache.watermarks}
-        events = self._fresh_events(messages, applied, watermarks, set())
+        events = self._fresh_events(messages, applied, watermarks, set(), self._known_ids(stop))
         self.dead_letter.flush()
         reads = BatchReads(
             events,
@@ -147,6 +148,19 @@ class PipelinedWorker(Worker):
             if isinstance(op, HSet) and op.key == landmarks_key and cache.landmarks is not None:
                 cache.landmarks.update(op.fields)
         return batch, last, events
+
+    def _known_ids(self, stop: threading.Event | None) -> KnownIds:
+        """Ids the store holds, or the commit in flight is writing: a re-send in the next
+        batch must be caught before that commit lands. A store outage propagates to
+        :meth:`_pipeline`, which takes the synchronous path."""
+        stored = self.event_ids.stored_in(self.store)
+        inflight = self._inflight
+
+        def known(partition: int, ids: list[str]) -> list[bool]:
+            pending = inflight.events.event_ids.get(partition, {}) if inflight else {}
+            return [was or i in pending for i, was in zip(ids, stored(partition, ids), strict=True)]
+
+        return known
 
     def _finish(self, stop: threading.Event | None) -> None:
         """Wait for the commit in flight; on failure, apply that batch again synchronously

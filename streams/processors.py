@@ -49,6 +49,9 @@ class EventBatch:
     #: Event time (ms) reached by each impressions partition of the batch: feeds whose
     #: attribution window closed before it are final.
     impression_clocks: dict[int, int] = field(default_factory=dict)
+    #: The interactions' event ids by partition (id → event time ms), recorded with the batch
+    #: so that a re-sent event is recognised.
+    event_ids: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.interactions) + len(self.items) + len(self.impressions)
@@ -99,7 +102,8 @@ class BatchReads:
         for item in self.interacted_items:
             hit, value = self.cache.item(kind, item) if self.cache else (False, None)
             if hit:
-                out[item] = value
+                if value is not None:
+                    out[item] = value
             else:
                 missing.append(item)
         if missing:
@@ -128,6 +132,8 @@ class BatchReads:
         for item_id, vector in self.new_item_vectors.items():
             if vector is not None:
                 out[item_id] = vector
+            else:
+                out.pop(item_id, None)
         return out
 
     @cached_property
@@ -172,8 +178,7 @@ class BatchReads:
         if self.cache is None:
             return
         for item_id, vector in self.new_item_vectors.items():
-            if vector is not None:
-                self.cache.put_item("vector", item_id, vector)
+            self.cache.put_item("vector", item_id, vector)  # None: known to have none
         for item in self.events.items:
             if item.op == "upsert":
                 self.cache.put_item("category", item.item_id, item.category or "")
@@ -235,8 +240,13 @@ class CatalogProcessor:
         for item in events.items:
             latest[item.item_id] = item
         for item_id, vector in reads.new_item_vectors.items():
+            key = reads.keys.item_embedding(item_id)
             if vector is not None:
-                batch.set_bytes(reads.keys.item_embedding(item_id), vector.tobytes())
+                batch.set_bytes(key, vector.tobytes())
+            else:
+                # An item event is the item's whole record (the topic is compacted): a delete,
+                # or an upsert with nothing to embed, leaves no vector, as the ANN replica does.
+                batch.delete(key)
         for item in latest.values():
             if item.op == "delete":
                 self.catalog.remove(batch, item.item_id, ts_ms=item.ts)

@@ -26,10 +26,10 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -38,12 +38,14 @@ from features.errors import (
     ConflictError,
     InvalidEventError,
     StoreUnavailableError,
-    TransportUnavailableError,
 )
 from features.keys import Keys
 from features.store import Store
+from streams.batch_limit import BatchLimit
 from streams.dead_letter import DeadLetterPolicy
+from streams.dedup import EventIdFilter, KnownIds
 from streams.processors import BatchReads, EventBatch, Processor
+from streams.recovery import RecoveringSource, Rewindable
 from streams.schema import EventValidator, Impression, Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
 from streams.transport import MessageSource, RawMessage, TopicPartition
@@ -62,6 +64,8 @@ class WorkerStats:
 
     applied: int = 0
     skipped_duplicates: int = 0
+    #: Interactions dead-lettered because their event id was applied before (re-sends).
+    resent: int = 0
     conflicts: int = 0
     dead_lettered: int = 0
     batches: int = 0
@@ -114,6 +118,7 @@ class Worker:
         settings: WorkerSettings,
         worker_id: str | None = None,
         clock: Callable[[], float] | None = None,
+        commit_target_ms: float = 0.0,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -130,8 +135,12 @@ class Worker:
             topics.items: Item,
             topics.impressions: Impression,
         }
+        self.event_ids = EventIdFilter(keys, topics.interactions, settings.dedup_window_ms)
+        # 0 (the in-process runtimes): always batch_size, so a replay cuts the same batches.
+        self.batch_limit = BatchLimit(settings.batch_size, commit_target_ms)
         self._last_heartbeat = 0.0
-        self._store_down = False
+        #: True from a failed store call until one succeeds again.
+        self.store_down = False
         #: With a source that can rewind (Kafka), the worker notices a store that lost
         #: effects and replays them; the in-process bus and its store live and die together.
         self.recovery: RecoveringSource | None = None
@@ -159,7 +168,7 @@ class Worker:
     def run_once(self, stop: threading.Event | None = None) -> int:
         """Poll and apply one batch; return how many events it applied."""
         messages = self.source.poll_batch(
-            self.settings.batch_size, self.settings.batch_timeout_ms / 1000.0
+            self.batch_limit.current, self.settings.batch_timeout_ms / 1000.0
         )
         applied = self.apply_messages(messages, stop) if messages else 0
         self._maybe_heartbeat()
@@ -191,7 +200,8 @@ class Worker:
             for msg in messages:
                 tp = (msg.topic, msg.partition)
                 last[tp] = max(msg.offset, last.get(tp, -1))
-            events = self._fresh_events(messages, applied_offsets, watermarks, rejected)
+            known = self._known_ids(stop)
+            events = self._fresh_events(messages, applied_offsets, watermarks, rejected, known)
             self.dead_letter.flush()
             try:
                 commit = partial(
@@ -211,15 +221,26 @@ class Worker:
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
         return len(events)
 
+    def _known_ids(self, stop: threading.Event | None) -> KnownIds:
+        """Which ids a partition applied, as stored (waiting out a store outage)."""
+        stored = self.event_ids.stored_in(self.store)
+        return lambda partition, ids: self._with_store(partial(stored, partition, ids), stop)
+
     def _fresh_events(
         self,
         messages: list[RawMessage],
         applied_offsets: dict[TopicPartition, int],
         watermarks: dict[TopicPartition, int],
         rejected: set[tuple[TopicPartition, int]],
+        known: KnownIds,
     ) -> EventBatch:
-        """Decode the messages the store has not applied; reject each bad one only once."""
+        """Decode the messages the store has not applied; reject each bad one, and each
+        re-sent event id (``known`` tells which ids a partition applied), only once."""
         events = EventBatch()
+        interactions: list[tuple[RawMessage, Interaction]] = []
+        # Sent once the store has answered which ids are known: a read that fails leaves
+        # nothing half dead-lettered (the pipelined worker then redoes the whole batch).
+        rejects: list[tuple[RawMessage, str]] = []
         now_ms = int(self.clock() * 1000)
         for msg in messages:
             tp = (msg.topic, msg.partition)
@@ -228,8 +249,25 @@ class Worker:
                 continue
             if (tp, msg.offset) in rejected:
                 continue
-            if not self._decode_into(events, msg, now_ms, watermarks):
-                rejected.add((tp, msg.offset))
+            reason = self._decode_into(events, msg, now_ms, watermarks, interactions)
+            if reason is not None:
+                rejects.append((msg, reason))
+        ids = [(msg.partition, event.event_id) for msg, event in interactions]
+        repeats = self.event_ids.duplicates(ids, known)
+        for (msg, event), repeated in zip(interactions, repeats, strict=True):
+            if repeated:
+                reason = (
+                    f"duplicate event_id {event.event_id!r}: partition {msg.partition} "
+                    "already applied it - at `$.event_id`"
+                )
+                rejects.append((msg, reason))
+                self.stats.resent += 1
+                continue
+            events.interactions.append(event)
+            events.event_ids.setdefault(msg.partition, {})[event.event_id] = event.ts
+        for msg, reason in rejects:
+            self._reject(msg, reason)
+            rejected.add(((msg.topic, msg.partition), msg.offset))
         for topic, partition in {(m.topic, m.partition) for m in messages}:
             if topic == self.topics.impressions and (topic, partition) in watermarks:
                 events.impression_clocks[partition] = watermarks[(topic, partition)]
@@ -243,7 +281,13 @@ class Worker:
         watermarks: dict[TopicPartition, int],
     ) -> None:
         reads = BatchReads(events, self.store, self.keys, self.validator.embedding_dim)
-        self.store.commit(self._compute(events, last, applied, watermarks, reads))
+        self._commit(self._compute(events, last, applied, watermarks, reads), len(events))
+
+    def _commit(self, batch: WriteBatch, events: int) -> None:
+        """Commit a batch's writes, and size the next batches by how long it took."""
+        started = time.perf_counter()
+        self.store.commit(batch)
+        self.batch_limit.observe(events=events, commit_ms=(time.perf_counter() - started) * 1e3)
 
     def _compute(
         self,
@@ -257,6 +301,12 @@ class Worker:
         batch = WriteBatch()
         for processor in self.processors:
             processor.apply(events, reads, batch)
+        interactions = self.topics.interactions
+        self.event_ids.record(
+            batch,
+            events.event_ids,
+            {p: mark for (t, p), mark in watermarks.items() if t == interactions},
+        )
         for (topic, partition), offset in last.items():
             key, field = self.keys.applied_offsets(topic), str(partition)
             stored = applied.get((topic, partition))
@@ -278,39 +328,36 @@ class Worker:
         msg: RawMessage,
         now_ms: int,
         watermarks: dict[TopicPartition, int],
-    ) -> bool:
-        """Append the message's event to ``events``; False if it was rejected instead."""
+        interactions: list[tuple[RawMessage, Interaction]],
+    ) -> str | None:
+        """Append the message's event to ``events`` (an interaction to ``interactions``, to be
+        screened for re-sends); return why it is rejected instead."""
         kind = self._kinds.get(msg.topic)
         if kind is None:
-            self._reject(msg, f"no processor for topic {msg.topic!r}")
-            return False
+            return f"no processor for topic {msg.topic!r}"
         try:
             event = self.validator.decode(kind, msg.value, now_ms=now_ms)
         except InvalidEventError as exc:
-            self._reject(msg, str(exc))
-            return False
+            return str(exc)
         except Exception as exc:  # noqa: BLE001 - no message may stop the worker
-            self._reject(msg, f"undecodable: {type(exc).__name__}: {exc}")
-            return False
+            return f"undecodable: {type(exc).__name__}: {exc}"
         if kind is not Item:
             tp = (msg.topic, msg.partition)
             mark = watermarks.get(tp)
             lateness = self.settings.allowed_lateness_ms
             if mark is not None and event.ts < mark - lateness:
-                self._reject(
-                    msg,
+                return (
                     f"ts {event.ts} is {mark - event.ts} ms behind the partition's event time"
-                    f" (allowed lateness {lateness} ms) - at `$.ts`",
+                    f" (allowed lateness {lateness} ms) - at `$.ts`"
                 )
-                return False
             watermarks[tp] = event.ts if mark is None else max(mark, event.ts)
             if kind is Interaction:
-                events.interactions.append(event)
+                interactions.append((msg, event))
             else:
                 events.impressions.append((msg.partition, event))
         else:
             events.items.append(event)
-        return True
+        return None
 
     def _reject(self, msg: RawMessage, reason: str) -> None:
         self.dead_letter.reject(msg, reason)
@@ -339,15 +386,15 @@ class Worker:
             try:
                 result = fn()
             except StoreUnavailableError as exc:
-                if not self._store_down:
+                if not self.store_down:
                     log.error("%s; retrying with backoff", exc)
-                    self._store_down = True
+                    self.store_down = True
                 if stop.wait(backoff.next()):
                     raise _Stopped from None
                 continue
-            if self._store_down:
+            if self.store_down:
                 log.info("store reachable again")
-                self._store_down = False
+                self.store_down = False
                 if self.recovery is not None:
                     self.recovery.recheck()  # did it come back with everything?
             return result
@@ -376,10 +423,11 @@ class Worker:
             "applied": self.stats.applied,
             "dead_lettered": self.stats.dead_lettered,
             "skipped_duplicates": self.stats.skipped_duplicates,
+            "resent": self.stats.resent,
             "batches": self.stats.batches,
             "last_batch_ms": round(self.stats.last_batch_ms, 3),
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(lag.items())},
-            "store_ok": not self._store_down,
+            "store_ok": not self.store_down,
             "rewinds": self.recovery.rewinds if self.recovery is not None else 0,
             "by_type": dict(self.stats.by_type),
             "freshness_ms": _percentiles(self.stats.freshness_ms),
@@ -403,274 +451,3 @@ def _percentiles(values: deque[float]) -> dict[str, float | None]:
         "p50": round(ordered[(n - 1) // 2], 3),
         "p99": round(ordered[min(n - 1, -(-99 * n // 100) - 1)], 3),
     }
-
-
-# ------------------------------------------------------------------ a store that lost effects
-
-#: Longest the other partitions wait for the catalog to be applied again after a loss: past
-#: it they go on (logged), rather than stall the stream on an items partition nobody applies.
-CATALOG_WAIT_MAX_S = 120.0
-
-
-@runtime_checkable
-class Rewindable(Protocol):
-    """A :class:`MessageSource` that can also consume partitions again (Kafka's can)."""
-
-    generation: int
-    assigned: set[TopicPartition]
-
-    def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]: ...
-    def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None: ...
-    def lag(self) -> dict[TopicPartition, int]: ...
-    def close(self) -> None: ...
-    def committed(self, tps: Collection[TopicPartition]) -> dict[TopicPartition, int]: ...
-    def rewind(self, tp: TopicPartition, offset: int | None) -> None: ...
-    def pause(self, tps: Collection[TopicPartition]) -> None: ...
-    def resume(self, tps: Collection[TopicPartition]) -> None: ...
-    def end_offsets(self, topic: str) -> dict[int, tuple[int, int]]: ...
-
-
-class RecoveringSource:
-    """A message source that keeps the log in step with the store's offset table.
-
-    The table says what is applied, and Kafka's committed offsets only ever follow it (a
-    batch is committed to Kafka after its state is in the store). So a table that holds less
-    than this worker applied, or than its group committed, means that the store lost effects:
-    Redis came back with nothing on disk, or without its last writes. Each such partition is
-    rewound to the table (to the log's beginning when nothing is left) and replayed; the
-    exactly-once guard is untouched, as the replay starts right after what the store holds.
-    When the catalog (the items topic) is behind as well, the other partitions pause until it
-    is applied again, as it was the first time round, because interactions read the
-    categories and vectors of their items.
-
-    The table is checked in the checkpoint the worker reads before each synchronous batch
-    (:meth:`reconcile`), against the group's committed offsets whenever partitions are
-    assigned, and every ``check_every_s`` (an idle worker notices a wipe too).
-    """
-
-    def __init__(
-        self,
-        source: Rewindable,
-        *,
-        read_offsets: Callable[[list[str]], dict[TopicPartition, int]],
-        inputs: list[str],
-        items_topic: str,
-        check_every_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.source = source
-        self.read_offsets = read_offsets
-        self.inputs = inputs
-        self.items_topic = items_topic
-        self.check_every_s = check_every_s
-        self.clock = clock
-        #: Offsets the store is known to hold: this worker's commits, the group's.
-        self.applied: dict[TopicPartition, int] = {}
-        #: Rewound since the last poll: messages the worker still holds of them are void.
-        self.stale: set[TopicPartition] = set()
-        #: Paused until the catalog is applied again (``catalog_targets``).
-        self.held: set[TopicPartition] = set()
-        self.catalog_targets: dict[int, int] | None = None
-        self.rewinds = 0
-        self._held_since = 0.0
-        self._release_checked_at = float("-inf")
-        self._checked_generation: int | None = None
-        self._checked_at = float("-inf")
-
-    # --- the MessageSource the worker sees ---------------------------------------------------
-
-    @property
-    def generation(self) -> int:
-        """The wrapped source's."""
-        return self.source.generation
-
-    @generation.setter
-    def generation(self, value: int) -> None:
-        self.source.generation = value
-
-    def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
-        """The next batch, less what must wait or be consumed again."""
-        messages = self.source.poll_batch(max_messages, timeout_s)
-        # Fetched after every earlier rewind: nothing the worker holds from now on is stale,
-        # except what a rewind below makes so.
-        self.stale.clear()
-        self._maybe_check()
-        self._maybe_release()
-        return self._screen(messages)
-
-    def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit to Kafka what the store now holds (and remember it)."""
-        fresh = {tp: o for tp, o in next_offsets.items() if tp not in self.stale}
-        for tp, offset in fresh.items():
-            if offset - 1 > self.applied.get(tp, -1):
-                self.applied[tp] = offset - 1
-        self.source.commit(fresh)
-
-    def lag(self) -> dict[TopicPartition, int]:
-        """The wrapped source's."""
-        return self.source.lag()
-
-    def close(self) -> None:
-        """Close the wrapped source."""
-        self.source.close()
-
-    # --- what the worker calls ----------------------------------------------------------------
-
-    def reconcile(
-        self, stored: Mapping[TopicPartition, int], messages: list[RawMessage]
-    ) -> list[RawMessage]:
-        """Given the checkpoint just read (every input topic), rewind what the store lost and
-        return the messages still to apply."""
-        lost = self._lost(stored)
-        if lost:
-            self._rewind(lost, stored)
-        return self._keep(messages)
-
-    def recheck(self) -> None:
-        """Check the table at the next poll (the store was unreachable)."""
-        self._checked_at = float("-inf")
-
-    # --- internals ------------------------------------------------------------------------------
-
-    def _keep(self, messages: list[RawMessage]) -> list[RawMessage]:
-        skip = self.stale | self.held
-        if not skip:
-            return messages
-        return [m for m in messages if (m.topic, m.partition) not in skip]
-
-    def _lost(self, stored: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """Assigned partitions whose stored offset is below what is known to be applied."""
-        assigned = self.source.assigned
-        return {
-            tp: known
-            for tp, known in self.applied.items()
-            if tp in assigned and stored.get(tp, -1) < known
-        }
-
-    def _maybe_check(self) -> None:
-        generation = self.source.generation
-        now = self.clock()
-        assigned_anew = generation != self._checked_generation
-        if not assigned_anew and now - self._checked_at < self.check_every_s:
-            return
-        try:
-            if assigned_anew:
-                for tp, offset in self.source.committed(self.source.assigned).items():
-                    self.applied[tp] = max(self.applied.get(tp, -1), offset - 1)
-            stored = self.read_offsets(self.inputs)
-        except (StoreUnavailableError, TransportUnavailableError):
-            return  # checked at a later poll
-        self._checked_generation, self._checked_at = generation, now
-        lost = self._lost(stored)
-        if lost:
-            self._rewind(lost, stored)
-
-    def _rewind(
-        self, lost: Mapping[TopicPartition, int], stored: Mapping[TopicPartition, int]
-    ) -> None:
-        rewound = [tp for tp in sorted(lost) if self._seek(tp, stored.get(tp))]
-        self.rewinds += 1
-        shown = ", ".join(
-            f"{t}/{p} {stored.get((t, p), 'nothing')} < {lost[(t, p)]}" for t, p in rewound[:3]
-        )
-        log.warning(
-            "the store holds less than was applied (%s%s): replaying %d partition(s) from the "
-            "log, from the store's checkpoint on",
-            shown,
-            ", …" if len(rewound) > 3 else "",
-            len(rewound),
-        )
-        if self.catalog_targets is None:
-            self._hold_for_catalog(stored)
-
-    def _seek(self, tp: TopicPartition, stored: int | None) -> bool:
-        """Consume ``tp`` again right after ``stored``; the messages held of it are void."""
-        self.stale.add(tp)
-        try:
-            self.source.rewind(tp, None if stored is None else stored + 1)
-        except TransportUnavailableError as exc:
-            # Its messages stay void and the loss stays known: the next check tries again.
-            log.warning("could not rewind %s/%d (%s); retrying", tp[0], tp[1], exc)
-            return False
-        self.applied[tp] = -1 if stored is None else stored
-        return True
-
-    def _hold_for_catalog(self, stored: Mapping[TopicPartition, int]) -> None:
-        """Pause every other partition while the store's catalog is behind the items topic."""
-        try:
-            ends = self.source.end_offsets(self.items_topic)
-        except TransportUnavailableError as exc:
-            log.warning("cannot tell whether the catalog is complete (%s); not waiting", exc)
-            return
-        targets = {
-            p: high - 1
-            for p, (low, high) in ends.items()
-            if high > low and stored.get((self.items_topic, p), -1) < high - 1
-        }
-        if not targets:
-            return
-        others = {tp for tp in self.source.assigned if tp[0] != self.items_topic}
-        for tp in sorted(others - self.stale):
-            self._seek(tp, stored.get(tp))  # what the worker holds of them waits too
-        self.source.pause(others)
-        self.held |= others
-        self.catalog_targets = targets
-        self._held_since = self.clock()
-        log.warning(
-            "the catalog is behind too: %d partition(s) wait until %d items partition(s) are "
-            "applied again",
-            len(others),
-            len(targets),
-        )
-
-    def _maybe_release(self) -> None:
-        if self.catalog_targets is None:
-            return
-        now = self.clock()
-        if now - self._release_checked_at < 0.2:
-            return
-        self._release_checked_at = now
-        try:
-            stored = self.read_offsets([self.items_topic])
-        except StoreUnavailableError:
-            return
-        behind = sorted(
-            p
-            for p, target in self.catalog_targets.items()
-            if stored.get((self.items_topic, p), -1) < target
-        )
-        waited = now - self._held_since
-        if behind and waited < CATALOG_WAIT_MAX_S:
-            return
-        if behind:
-            log.warning(
-                "the catalog is still behind after %.0f s (items partitions %s); going on",
-                waited,
-                behind,
-            )
-        else:
-            log.info("catalog applied again in %.1f s; replaying the other partitions", waited)
-        self.source.resume(self.held)
-        self.held.clear()
-        self.catalog_targets = None
-
-    def _screen(self, messages: list[RawMessage]) -> list[RawMessage]:
-        """Messages of partitions that must wait for the catalog go back to the log."""
-        if self.catalog_targets is not None and messages:
-            first: dict[TopicPartition, int] = {}
-            for msg in messages:
-                tp = (msg.topic, msg.partition)
-                if tp[0] != self.items_topic and tp not in self.stale:
-                    first[tp] = min(msg.offset, first.get(tp, msg.offset))
-            waiting: set[TopicPartition] = set()
-            for tp, offset in first.items():
-                # Newly assigned, or fetched before the pause took: consume them again later.
-                try:
-                    self.source.rewind(tp, offset)
-                except TransportUnavailableError:
-                    continue  # then they are applied now: out of order beats lost
-                waiting.add(tp)
-            self.source.pause(waiting)
-            self.stale |= waiting
-            self.held |= waiting
-        return self._keep(messages)

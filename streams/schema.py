@@ -7,6 +7,7 @@ Unknown extra fields are tolerated so that newer producers can add fields safely
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeAlias
@@ -156,7 +157,7 @@ class EventValidator:
         try:
             event = _DECODERS[kind].decode(raw)
         except DECODE_ERRORS as exc:
-            raise InvalidEventError(str(exc)) from None
+            raise InvalidEventError(_explain(raw, exc)) from None
         self.check(event, now_ms=now_ms)
         return event
 
@@ -176,6 +177,33 @@ class EventValidator:
             _check_embedding(event.embedding, self.embedding_dim)
         if isinstance(event, Impression):
             _check_impression(event)
+
+
+def _explain(raw: bytes, exc: Exception) -> str:
+    """The decode error, naming the field when it is a NaN or Infinity literal: Python's
+    ``json.dumps`` writes them, msgspec sees only an invalid character."""
+    if not isinstance(exc, msgspec.DecodeError) or "invalid character" not in str(exc):
+        return str(exc)
+    try:
+        doc = json.loads(raw)  # accepts the literals; only runs for a message being rejected
+    except (ValueError, RecursionError):
+        return str(exc)
+    path = _non_finite_path(doc)
+    return str(exc) if path is None else f"{exc}: {path[1]} is not JSON - at `{path[0]}`"
+
+
+def _non_finite_path(doc: Any) -> tuple[str, str] | None:
+    """JSON path and value of the first NaN or infinity in a decoded document."""
+    stack: list[tuple[str, Any]] = [("$", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path, "NaN" if math.isnan(value) else ("-" if value < 0 else "") + "Infinity"
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def _check_impression(event: Impression) -> None:

@@ -36,6 +36,11 @@ class WorkerSettings(BaseModel):
     group_id: str = Field("streamrec-worker", min_length=1)
     # Most messages taken from the consumer in one batch.
     batch_size: int = Field(5000, ge=1, le=1_000_000)
+    # Target time of one batch commit of a Kafka worker (a Lua script, during which Redis
+    # answers none of the feed API's reads), in milliseconds: batches shrink below batch_size
+    # to keep commits near it (0: always batch_size; the embedded mode always is, so that
+    # a replay cuts the same batches).
+    max_commit_ms: float = Field(20.0, ge=0, le=60_000)
     # Longest wait for a batch to fill, in milliseconds. Short keeps events fresh when the
     # worker is caught up; when it is behind, batches fill up at once anyway.
     batch_timeout_ms: int = Field(5, ge=1, le=60_000)
@@ -46,6 +51,10 @@ class WorkerSettings(BaseModel):
     # Events older than the partition's highest applied event time minus this are too late
     # to count at their event time and go to the dead-letter topic.
     allowed_lateness_ms: int = Field(3_600_000, ge=0)
+    # An interaction whose event_id the partition applied within this much event time is a
+    # re-send (a retried POST, a replay run twice) and is dead-lettered as a duplicate. Costs
+    # ~100 bytes of Redis per event in the window (0: off, offsets alone deduplicate).
+    dedup_window_ms: int = Field(2 * 60 * 1000, ge=0, le=7 * 86_400_000)
     # Seconds between heartbeats the worker writes for /health.
     heartbeat_s: float = Field(1.0, gt=0, le=300)
     # Port of the worker's Prometheus /metrics (0: none). Several workers on one host each

@@ -13,8 +13,9 @@ from streams.runtime import Worker
 
 
 class WorkerMetrics:
-    """Applied events by type, dead letters, duplicates skipped, conflicts, batches, lag per
-    partition, last batch time and freshness, exported at ``/metrics`` on ``port``.
+    """Applied events by type, dead letters, duplicates skipped, re-sends, rewinds, store up,
+    conflicts, batches, lag per partition, last batch time and freshness, exported at
+    ``/metrics`` on ``port``.
 
     Examples:
         >>> from streams.pipeline import run_pipeline
@@ -35,6 +36,19 @@ class WorkerMetrics:
         self.dead = Counter("streamrec_worker_dead_lettered", "Messages dead-lettered", registry=r)
         self.duplicates = Counter(
             "streamrec_worker_duplicates_skipped", "Messages at or below the offset", registry=r
+        )
+        self.resent = Counter(
+            "streamrec_worker_resent",
+            "Interactions dead-lettered as re-sends of an applied event id",
+            registry=r,
+        )
+        self.rewinds = Counter(
+            "streamrec_worker_rewinds",
+            "Partitions rewound to rebuild state the store lost",
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "streamrec_worker_store_up", "1 while the store answers, 0 in an outage", registry=r
         )
         self.conflicts = Counter(
             "streamrec_worker_conflicts", "Batches recomputed after a conflict", registry=r
@@ -59,6 +73,10 @@ class WorkerMetrics:
             self._advance(self.events.labels(kind), f"type:{kind}", count)
         self._advance(self.dead, "dead", stats.dead_lettered)
         self._advance(self.duplicates, "dup", stats.skipped_duplicates)
+        self._advance(self.resent, "resent", stats.resent)
+        recovery = self.worker.recovery
+        self._advance(self.rewinds, "rewinds", recovery.rewinds if recovery is not None else 0)
+        self.store_up.set(0.0 if self.worker.store_down else 1.0)
         self._advance(self.conflicts, "conflicts", stats.conflicts)
         self._advance(self.batches, "batches", stats.batches)
         self.batch_ms.set(stats.last_batch_ms)

@@ -15,7 +15,7 @@ from features.store import Store
 from features.trending import Trending
 
 #: Per-partition bookkeeping: it depends on how a transport partitions, not on the events.
-PARTITION_KINDS = {"offsets", "watermarks", "workers", "landmarks"}
+PARTITION_KINDS = {"offsets", "watermarks", "workers", "landmarks", "eids"}
 
 
 def readable_state(

@@ -19,6 +19,7 @@ from features.batch import (
     ZIncrBy,
     ZKeepTop,
     ZRem,
+    ZRemBelow,
     ZScale,
 )
 from features.errors import ConflictError
@@ -80,6 +81,15 @@ class InMemoryStore:
                 if zset is not None:
                     for member in members:
                         zset.pop(member, None)
+            case ZRemBelow(key, score):
+                zset = self._live_zset(key)
+                if zset is not None:
+                    # Trimmed on every batch: the min-heap keeps it O(removed · log n).
+                    heap = self._heap(key, zset)
+                    while heap and heap[0][0] < score:
+                        old, _, member = heapq.heappop(heap)
+                        if zset.get(member) == old:
+                            del zset[member]
             case ZKeepTop(key, keep):
                 zset = self._live_zset(key)
                 if zset is not None and len(zset) > keep:
@@ -163,10 +173,7 @@ class InMemoryStore:
             zset = self._live_zset(key)
             if not zset or limit <= 0:
                 return []
-            heap = self._low.get(key)
-            if heap is None or len(heap) > 2 * len(zset) + 64:
-                heap = self._low[key] = [(sc, m.encode(), m) for m, sc in zset.items()]
-                heapq.heapify(heap)
+            heap = self._heap(key, zset)
             rows: list[tuple[str, float]] = []
             popped: list[tuple[float, bytes, str]] = []
             taken: set[str] = set()
@@ -181,6 +188,14 @@ class InMemoryStore:
             for entry in popped:
                 heapq.heappush(heap, entry)
             return rows
+
+    def _heap(self, key: str, zset: dict[str, float]) -> list[tuple[float, bytes, str]]:
+        """The key's lazy min-heap, built (or rebuilt when mostly stale) on demand."""
+        heap = self._low.get(key)
+        if heap is None or len(heap) > 2 * len(zset) + 64:
+            heap = self._low[key] = [(sc, m.encode(), m) for m, sc in zset.items()]
+            heapq.heapify(heap)
+        return heap
 
     def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
         """:meth:`top` of several keys."""

@@ -25,6 +25,7 @@ from features.batch import (
     ZIncrBy,
     ZKeepTop,
     ZRem,
+    ZRemBelow,
     ZScale,
 )
 
@@ -62,6 +63,8 @@ for _, op in ipairs(ops) do
     for j = 1, #payload do
       redis.call('ZREM', key, payload[j])
     end
+  elseif code == 'B' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. payload)
   elseif code == 'K' then
     redis.call('ZREMRANGEBYRANK', key, 0, -(payload + 1))
   elseif code == 'S' then
@@ -171,6 +174,9 @@ def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
                 out.append(["G" if greater else "A", key_of(key), flat])
             case ZRem(key, members):
                 out.append(["R", key_of(key), list(members)])
+            case ZRemBelow(key, score):
+                # As a string: Lua would print a large integer in exponent form.
+                out.append(["B", key_of(key), str(int(score))])
             case ZKeepTop(key, keep):
                 out.append(["K", key_of(key), keep])
             case ZScale(key, factor):

@@ -91,17 +91,18 @@ def seed_world(run: Settings, sim: StreamSimulator, worker: _WorkerRun, history:
 
 
 def prepare_run(
-    settings: Settings, catalog: int, seed: int
+    settings: Settings, catalog: int, seed: int, users: int | None = None
 ) -> tuple[Settings, StreamSimulator, int]:
     """Services up, settings of a run of its own (topics created, a free API port, no
-    snapshots) and the simulator of its catalog; returns them with the number of users."""
+    snapshots) and the simulator of its catalog and ``users`` (default catalog / 5, at least
+    2,000); returns them with the number of users."""
     ensure_services(settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     run = isolated_settings(settings, uuid.uuid4().hex[:8])
     serving = run.serving.model_copy(update={"port": free_port(), "index_snapshot_dir": None})
     run = run.model_copy(update={"serving": serving})
     create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
-    users = max(catalog // 5, 2000)
+    users = users or max(catalog // 5, 2000)
     sim = StreamSimulator(
         SimulatorConfig(users=users, items=catalog, embedding_dim=run.features.embedding_dim),
         seed=seed,

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,28 +37,25 @@ from streamrec.bench.freshness_parts import Load
 from streamrec.bench.isolation import cleanup
 from streamrec.bench.latency import percentile
 from streamrec.bench.report import print_table
+from streamrec.bench.soak_probe import Probe, rss_bytes
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of a process from /proc (None when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+#: Seconds between two readings of CPU use, stage latency and index size.
+PROBE_EVERY_S = 10.0
 
 
 def _paced_main() -> None:
-    """The load client: ``{"base","paths","rate","seconds"}`` on stdin; per request
-    ``[start offset s, latency s, ok]`` as one JSON array on stdout at the end."""
+    """The load client: ``{"base","paths","rate","seconds","out"}`` on stdin; per request
+    ``[start offset s, latency s, ok]`` as one JSON array in the file ``out`` at the end.
+
+    A file, not stdout: the samples outgrow a pipe's buffer, and the parent only reads once
+    the client has exited.
+    """
     job = orjson.loads(sys.stdin.buffer.read())
     samples = paced_load(job["base"], job["paths"], job["rate"], job["seconds"])
-    sys.stdout.buffer.write(orjson.dumps(samples))
+    Path(job["out"]).write_bytes(orjson.dumps(samples))
 
 
 def paced_load(
@@ -135,10 +134,11 @@ def run_soak_bench(
     requests_per_s: float = 40.0,
     catalog: int = 20_000,
     history: int = 50_000,
+    users: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the whole system for ``minutes`` under load; figures per minute and overall."""
-    run, sim, users = prepare_run(settings, catalog, seed)
+    run, sim, users = prepare_run(settings, catalog, seed, users)
     seconds = minutes * 60.0
     worker = _WorkerRun(run, own_process=True)
     api: ServerProcess | None = None
@@ -158,23 +158,36 @@ def run_soak_bench(
         load = Load(run, events, rate)
         rng = np.random.default_rng(seed)
         paths = [f"/feed/u{n}?k=20" for n in rng.integers(0, users, 5000)]
-        job = {"base": api.url, "paths": paths, "rate": requests_per_s, "seconds": seconds}
+        out = Path(tempfile.mkdtemp(prefix="streamrec-soak-")) / "samples.json"
+        job = {
+            "base": api.url,
+            "paths": paths,
+            "rate": requests_per_s,
+            "seconds": seconds,
+            "out": str(out),
+        }
         code = "from streamrec.bench.soak import _paced_main; _paced_main()"
-        client = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+        client = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
         load.start()
         started = time.perf_counter()
         assert client.stdin is not None
         client.stdin.write(orjson.dumps(job))
         client.stdin.close()
+        probe = Probe(api.url, worker.pid or 0, api.pid, run.redis_url)
+        next_probe = 0.0
         while client.poll() is None:
             t = time.perf_counter() - started
             backlog.append((t, max(load.sent - (worker.applied - base_applied), 0)))
             rss.append((t, rss_bytes(worker.pid or 0), rss_bytes(api.pid)))
+            if t >= next_probe:
+                probe.read(t)
+                next_probe += PROBE_EVERY_S
             time.sleep(1.0)
-        assert client.stdout is not None
-        samples = [(float(a), float(b), bool(c)) for a, b, c in orjson.loads(client.stdout.read())]
+        probe.close()
+        if client.returncode != 0:
+            raise RuntimeError(f"the load client failed with exit code {client.returncode}")
+        samples = [(float(a), float(b), bool(c)) for a, b, c in orjson.loads(out.read_bytes())]
+        shutil.rmtree(out.parent, ignore_errors=True)
         load.stop.set()
         load.join(timeout=30)
     finally:
@@ -186,6 +199,8 @@ def run_soak_bench(
         cleanup(run)
 
     rows = _minutes(samples, backlog, rss, minutes)
+    for row in rows:
+        row.update(probe.minute((row["minute"] - 1) * 60.0, row["minute"] * 60.0))
     full = [r for r in rows if r["p99_ms"] is not None]
     growth = [
         g for g in (_growth(rows, "worker_rss_mb"), _growth(rows, "api_rss_mb")) if g is not None

@@ -207,6 +207,19 @@ def test_lowest_follows_rescores_and_removals(store: Store, keys: Keys) -> None:
     assert store.lowest(due, 100.0, 5) == [("c", 5.0), ("a", 10.0)]
 
 
+def test_rem_below_drops_lower_scores_only(store: Store, keys: Keys) -> None:
+    ids = keys.event_ids("t", 0)
+    t = 1_700_000_000_123  # millisecond times: must not round on the way through Lua
+    commit(store, lambda b: b.zadd(ids, {"a": t - 1, "b": t, "c": t + 1}))
+    commit(store, lambda b: b.zrem_below(ids, t))
+    assert store.zscores(ids, ["a", "b", "c"]) == [None, float(t), float(t + 1)]
+    commit(store, lambda b: b.zadd(ids, {"b": t + 5}))  # rescored: the old score is gone
+    commit(store, lambda b: b.zrem_below(ids, t + 2))
+    assert store.zscores(ids, ["b", "c"]) == [float(t + 5), None]
+    commit(store, lambda b: b.zrem_below(keys.event_ids("t", 9), t))  # absent key: no-op
+    assert store.zcard(keys.event_ids("t", 9)) == 0
+
+
 def test_set_bytes_with_a_ttl(store: Store, keys: Keys) -> None:
     k = keys.session_embedding("u")
     commit(store, lambda b: b.set_bytes(k, b"\x01", ttl_s=100))

@@ -142,3 +142,55 @@ def test_a_batch_sees_the_items_of_the_batch_still_in_flight() -> None:
     assert [i for i, _ in store.top(keys.trending(3600.0, "cat:news"), 5)] == ["n1"]
     assert store.get_bytes([keys.session_embedding("u")])[0] is not None
     assert store.hgetall(keys.item("n1"))["stub"] == "0"
+
+
+def test_a_re_sent_event_is_caught_while_its_first_copy_is_in_flight() -> None:
+    from streams.schema import Interaction
+
+    bus = InProcessBus(partitions=1)
+    keys = Keys("sr")
+    store = SlowStore()
+    worker = make_worker(bus, store, WorkerSettings(heartbeat_s=300))
+    stop = threading.Event()
+    click = Interaction(event_id="e1", user_id="u", item_id="i", type="click", ts=NOW)
+    bus.send(Interaction(event_id="e0", user_id="u", item_id="i", type="view", ts=NOW))
+    worker._pipeline(worker.source.poll_batch(100, 0.01), stop)  # the checkpoint, cached
+    worker._finish(stop)
+    bus.send(click)
+    worker._pipeline(worker.source.poll_batch(100, 0.01), stop)  # in flight for 0.3 s
+    bus.send(click)
+    worker._pipeline(worker.source.poll_batch(100, 0.01), stop)  # the re-send, planned now
+    worker._finish(stop)
+    (dead,) = bus.read(bus.topics.dead_letter)
+    assert b"duplicate event_id 'e1'" in dead.headers["x-reason"]
+    weights = FEATURES.event_weights
+    assert dict(store.top(keys.popularity_all_time(), 5))["i"] == pytest.approx(
+        weights["view"] + weights["click"]
+    )
+
+
+def test_re_sent_events_leave_the_plain_worker_state_and_count_once() -> None:
+    events = stream()
+    clicks = [i for i, e in enumerate(events) if getattr(e, "type", None) == "click"][::25]
+    resent = list(events)
+    for n, i in enumerate(clicks):  # each copy lands a batch or more after its original
+        resent.insert(min(i + BATCH + 1 + n, len(resent)), events[i])
+    expected_store, _, bus = run_pipeline(
+        resent, InMemoryStore(), now_ms=NOW, worker=WorkerSettings(batch_size=BATCH)
+    )
+    once_store, _, _ = run_pipeline(
+        events, InMemoryStore(), now_ms=NOW, worker=WorkerSettings(batch_size=BATCH)
+    )
+    store = SlowStore()
+    worker = run_pipelined(resent, store)
+    keys = Keys("sr")
+    assert worker.stats.dead_lettered == len(clicks)
+    assert len(bus.read(bus.topics.dead_letter)) == len(clicks)
+    assert_same_state(
+        readable_state(store, keys, FEATURES, NOW / 1000),
+        readable_state(expected_store, keys, FEATURES, NOW / 1000),
+    )
+    popularity = keys.popularity_all_time()
+    assert dict(store.top(popularity, 10**6)) == pytest.approx(
+        dict(once_store.top(popularity, 10**6))
+    )

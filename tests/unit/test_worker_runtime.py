@@ -271,3 +271,53 @@ def test_a_retried_commit_whose_first_attempt_landed_applies_nothing_twice() -> 
     assert store.lost
     assert worker.stats.conflicts == 1
     assert sorted(store.top(KEYS.popularity_all_time(), 10)) == [("a", 2.0), ("b", 2.0)]
+
+
+def test_worker_metrics_show_re_sends_and_the_store_state() -> None:
+    from streams.worker_metrics import WorkerMetrics
+
+    bus = InProcessBus(partitions=1)
+    _, worker, _ = run_pipeline([click(1), click(1), click(2)], bus=bus, now_ms=NOW)
+    metrics = WorkerMetrics(worker)
+    metrics.update()
+    sample = metrics.registry.get_sample_value
+    assert sample("streamrec_worker_resent_total") == 1.0
+    assert sample("streamrec_worker_dead_lettered_total") == 1.0
+    assert sample("streamrec_worker_events_total", {"type": "click"}) == 2.0
+    assert sample("streamrec_worker_store_up") == 1.0
+    assert sample("streamrec_worker_rewinds_total") == 0.0  # the in-process bus never rewinds
+    bus.send(click(3))
+    worker.store = FlakyStore(failures=10**6)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    worker.run_once(stop)
+    metrics.update()
+    assert sample("streamrec_worker_store_up") == 0.0
+
+
+def test_a_re_sent_event_id_is_dead_lettered_once_even_in_another_batch() -> None:
+    bus = InProcessBus(partitions=1)
+    store, worker, _ = run_pipeline([click(1)], bus=bus, now_ms=NOW)
+    _, worker, _ = run_pipeline([click(1), click(2)], store=store, bus=bus, now_ms=NOW)
+    (dead,) = bus.read(bus.topics.dead_letter)
+    assert (
+        dead.headers[REASON]
+        == b"duplicate event_id 'e1': partition 0 already applied it - at `$.event_id`"
+    )
+    assert store.zscores(KEYS.popularity_all_time(), ["i1"]) == [4.0]  # two clicks of weight 2
+
+
+def test_event_ids_leave_the_window_behind_the_watermark() -> None:
+    window = WorkerSettings(dedup_window_ms=1_000)
+    bus = InProcessBus(partitions=1)
+    store, _, _ = run_pipeline([click(0)], bus=bus, now_ms=NOW, worker=window)
+    ids = KEYS.event_ids(bus.topics.interactions, 0)
+    assert store.zscores(ids, ["e0"]) == [float(NOW)]
+    run_pipeline([click(5_000)], store=store, bus=bus, now_ms=NOW, worker=window)
+    assert store.zscores(ids, ["e0", "e5000"]) == [None, float(NOW + 5_000)]
+    # Out of the window, a re-send counts again: the documented price of a bounded memory.
+    run_pipeline([click(0)], store=store, bus=bus, now_ms=NOW, worker=window)
+    assert not bus.read(bus.topics.dead_letter)
+    off = WorkerSettings(dedup_window_ms=0)
+    run_pipeline([click(5_000)], store=store, bus=bus, now_ms=NOW, worker=off)
+    assert not bus.read(bus.topics.dead_letter)
