@@ -262,13 +262,14 @@ def bench_feed(
 @bench_app.command("soak")
 def bench_soak(
     config: ConfigOption = None,
-    minutes: Annotated[int, typer.Option(min=1, help="Minutes to run.")] = 10,
+    minutes: Annotated[int, typer.Option(min=1, help="Minutes measured.")] = 10,
+    warmup_minutes: Annotated[
+        int, typer.Option(min=0, help="Minutes of load before them (attribution windows close).")
+    ] = 6,
     rate: Annotated[float, typer.Option(min=1, help="Simulated events/s through Kafka.")] = 5000.0,
     requests_per_s: Annotated[float, typer.Option(min=0.1, help="Feed requests/s.")] = 40.0,
     catalog: Annotated[int, typer.Option(min=1000, help="Items in the catalog.")] = 20_000,
-    users: Annotated[
-        int | None, typer.Option(min=100, help="Users of the stream (default: catalog / 5).")
-    ] = None,
+    users: Annotated[int, typer.Option(min=100, help="Users of the stream.")] = 50_000,
     seed: Annotated[int, typer.Option(help="Seed of the stream.")] = 0,
 ) -> None:
     """Worker and API under steady load: p50/p99, errors, lag and RSS minute by minute."""
@@ -277,6 +278,7 @@ def bench_soak(
     figures = run_soak_bench(
         _setup(config),
         minutes=minutes,
+        warmup_minutes=warmup_minutes,
         rate=rate,
         requests_per_s=requests_per_s,
         catalog=catalog,

@@ -417,6 +417,7 @@ class Worker:
         self._last_heartbeat = now
         lag = self.source.lag()
         self.stats.lag = {f"{t}/{p}": n for (t, p), n in sorted(lag.items())}
+        self.batch_limit.observe_backlog(sum(lag.values()))
         beat = {
             "ts": now,
             "pid": os.getpid(),
@@ -426,6 +427,7 @@ class Worker:
             "resent": self.stats.resent,
             "batches": self.stats.batches,
             "last_batch_ms": round(self.stats.last_batch_ms, 3),
+            "batch_limit": self.batch_limit.current,
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(lag.items())},
             "store_ok": not self.store_down,
             "rewinds": self.recovery.rewinds if self.recovery is not None else 0,

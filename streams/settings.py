@@ -40,7 +40,7 @@ class WorkerSettings(BaseModel):
     # answers none of the feed API's reads), in milliseconds: batches shrink below batch_size
     # to keep commits near it (0: always batch_size; the embedded mode always is, so that
     # a replay cuts the same batches).
-    max_commit_ms: float = Field(20.0, ge=0, le=60_000)
+    max_commit_ms: float = Field(50.0, ge=0, le=60_000)
     # Longest wait for a batch to fill, in milliseconds. Short keeps events fresh when the
     # worker is caught up; when it is behind, batches fill up at once anyway.
     batch_timeout_ms: int = Field(5, ge=1, le=60_000)

@@ -58,6 +58,11 @@ class WorkerMetrics:
             "streamrec_worker_lag", "Messages behind, per partition", ["partition"], registry=r
         )
         self.batch_ms = Gauge("streamrec_worker_last_batch_ms", "Last batch time", registry=r)
+        self.batch_limit = Gauge(
+            "streamrec_worker_batch_limit",
+            "Messages per batch the commit-time target allows now",
+            registry=r,
+        )
         self.freshness = Gauge(
             "streamrec_worker_freshness_ms",
             "Event time to applied, recent events",
@@ -80,6 +85,7 @@ class WorkerMetrics:
         self._advance(self.conflicts, "conflicts", stats.conflicts)
         self._advance(self.batches, "batches", stats.batches)
         self.batch_ms.set(stats.last_batch_ms)
+        self.batch_limit.set(self.worker.batch_limit.current)
         for partition, n in stats.lag.items():
             self.lag.labels(partition).set(n)
         samples = sorted(stats.freshness_ms)

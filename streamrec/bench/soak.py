@@ -1,16 +1,25 @@
-"""`bench soak --minutes N`: everything running for N minutes, watched minute by minute.
+"""`bench soak --minutes N`: everything running for N minutes after a warm-up, watched
+minute by minute.
 
 The real worker and the real API run as processes of their own on fresh topics and keys.
 The simulator sends ``rate`` events/s through Kafka; a paced client (its own process) asks
 the API for feeds at ``requests_per_s``, open loop, so a slow server shows up as latency
-rather than as fewer requests. Every ``sample_s`` the bench records the worker's backlog
-(events sent − applied) and the resident memory (VmRSS) of the worker and the API.
+rather than as fewer requests. Every second the bench records the worker's backlog (events
+sent − applied) and the resident memory (VmRSS) of the worker and the API, and every 10 s
+their CPU use, Redis's, the API's per-stage latency and its index size.
 
-Per minute it reports p50/p99 feed latency, errors, the largest backlog and both RSS.
-``p99_first_ms``/``p99_last_ms`` are the first and last full minute's p99;
-``rss_growth_pct`` is the larger growth of the two processes from the end of the first
-minute (warm-up: caches, the ANN replica and interpreter arenas fill) to the end.
-Goals for 10 minutes: p99 drift < 20%, RSS growth < 10%, zero errors, bounded lag.
+The load runs ``warmup_minutes`` before the N measured minutes: the system only reaches its
+steady state once the first feeds' attribution windows close (5 minutes by default; from
+then on the worker also finalises feeds into the bandit and the ranker) and the event-id
+window has filled. The warm-up minutes are reported (``"warmup": true``) but the figures
+compare measured minutes only: ``p99_first_ms``/``p99_last_ms`` are the first and last
+measured minute's p99, and ``rss_growth_pct`` the larger growth of the two processes over the
+measured minutes. Goals for 10 minutes: p99 drift < 20%, RSS growth < 10%, zero errors,
+bounded lag.
+
+The stream has 50,000 users by default: at 5,000 events/s, `bench feed`'s catalog / 5 users
+would each send 75 events a minute, and their seen-sets and histories would grow through the
+whole run instead of holding steady as a real feed's do.
 """
 
 from __future__ import annotations
@@ -130,16 +139,17 @@ def run_soak_bench(
     settings: Settings,
     *,
     minutes: int = 10,
+    warmup_minutes: int = 6,
     rate: float = 5000.0,
     requests_per_s: float = 40.0,
     catalog: int = 20_000,
     history: int = 50_000,
-    users: int | None = None,
+    users: int = 50_000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the whole system for ``minutes`` under load; figures per minute and overall."""
     run, sim, users = prepare_run(settings, catalog, seed, users)
-    seconds = minutes * 60.0
+    seconds = (warmup_minutes + minutes) * 60.0
     worker = _WorkerRun(run, own_process=True)
     api: ServerProcess | None = None
     load: Load | None = None
@@ -198,16 +208,23 @@ def run_soak_bench(
         worker.stop()
         cleanup(run)
 
-    rows = _minutes(samples, backlog, rss, minutes)
+    rows = _minutes(samples, backlog, rss, warmup_minutes + minutes)
     for row in rows:
         row.update(probe.minute((row["minute"] - 1) * 60.0, row["minute"] * 60.0))
-    full = [r for r in rows if r["p99_ms"] is not None]
+        row["warmup"] = row["minute"] <= warmup_minutes
+    measured = [r for r in rows if not r["warmup"]]
+    full = [r for r in measured if r["p99_ms"] is not None]
+    # From the end of the warm-up (or of the first minute without one) to the end.
+    start = rows[warmup_minutes - 1 : warmup_minutes] or measured[:1]
     growth = [
-        g for g in (_growth(rows, "worker_rss_mb"), _growth(rows, "api_rss_mb")) if g is not None
+        g
+        for key in ("worker_rss_mb", "api_rss_mb")
+        if (g := _growth([*start, measured[-1]], key)) is not None
     ]
     figures: dict[str, Any] = {
         "bench": "soak",
         "minutes": minutes,
+        "warmup_minutes": warmup_minutes,
         "rate_target": rate,
         "requests_per_s_target": requests_per_s,
         "p99_first_ms": full[0]["p99_ms"] if full else None,
@@ -219,11 +236,13 @@ def run_soak_bench(
         ),
         "rss_growth_pct": max(growth) if growth else None,
         "errors": sum(r["errors"] for r in rows),
+        "p99_max_ms": max((r["p99_ms"] for r in full), default=None),
         # Open loop: requests still unsent when the run ended (the client fell behind).
         "requests_missed": max(int(requests_per_s * seconds) - len(samples), 0),
-        "max_lag": max((b for _, b in backlog), default=None),
+        "max_lag": max((r["max_lag"] or 0 for r in measured), default=None),
+        "max_lag_warmup": max((r["max_lag"] or 0 for r in rows if r["warmup"]), default=None),
         "per_minute": rows,
-        "goals": "p99 drift < 20%, rss growth < 10% after the first minute, 0 errors, lag bounded",
+        "goals": "p99 drift < 20%, rss growth < 10% after warm-up, 0 errors, lag bounded",
     }
     table = {
         f"minute {r['minute']}": orjson.dumps(
@@ -232,7 +251,7 @@ def run_soak_bench(
         for r in rows
     }
     print_table(
-        f"bench soak ({minutes} min)",
+        f"bench soak ({warmup_minutes} min warm-up, {minutes} min measured)",
         {**{k: v for k, v in figures.items() if k != "per_minute"}, **table},
     )
     return figures
