@@ -60,17 +60,19 @@ class BatchLimit:
         self.smallest = min(self.smallest, self.largest)
         self.current = self.current or self.largest
 
-    def observe(self, *, events: int, commit_ms: float) -> int:
-        """Adjust to a commit of ``events`` events that took ``commit_ms``; return the new
-        limit. A target of 0 keeps the largest limit."""
+    def observe(self, *, events: int, commit_ms: float, polled: int | None = None) -> int:
+        """Adjust to a commit of ``events`` events that took ``commit_ms``, from a batch of
+        ``polled`` messages (default: ``events``); return the new limit. A target of 0 keeps
+        the largest limit."""
         if self.target_ms <= 0 or events <= 0:
             return self.current
         per_event_ms = max(commit_ms, 1e-3) / events
         wanted = self.target_ms * self.pressure / per_event_ms
         step = min(max(wanted / self.current, 1.0 / MAX_STEP), MAX_STEP)
-        if events < self.current and step > 1.0:
+        if (events if polled is None else polled) < self.current and step > 1.0:
             # A batch below the limit (the stream was slower than the worker) says nothing
-            # about a fuller one; grow only from full batches.
+            # about a fuller one; grow only from full batches. (Messages, not events: a
+            # dead letter in a full batch must not stop it growing.)
             return self.current
         self.current = int(min(max(self.current * step, self.smallest), self.largest))
         return self.current
@@ -78,7 +80,8 @@ class BatchLimit:
     def observe_backlog(self, backlog: int) -> float:
         """Adjust the pressure to the messages waiting (once per heartbeat); return it."""
         if backlog > self._last_backlog and backlog > self.current:
-            self.pressure = min(self.pressure * 2.0, MAX_PRESSURE)
+            if self.current < self.largest:  # past the largest batch, more buys nothing
+                self.pressure = min(self.pressure * 2.0, MAX_PRESSURE)
         elif backlog <= self.current:
             self.pressure = max(self.pressure / 2.0, 1.0)
         self._last_backlog = backlog

@@ -6,23 +6,37 @@ offset. So each interactions partition keeps the ids it applied in a sorted set 
 event time, written in the same atomic commit as the state and the offsets: a crash can
 neither remember an id whose event was lost nor forget one whose event counted.
 
-A re-send carries its original event time, so its id is found while that time lies within
-``window_ms`` of the partition's event time (its watermark); ids that fall out of the window
-are trimmed as the watermark moves. An event accepted later than the window (the allowed
-lateness can be longer) is not remembered, so a re-send of it would count again.
+A re-send carries its original event time. A copy counts as a re-send when the partition
+applied the id at an event time within ``window_ms`` of the partition's event time at the
+copy (its running watermark), whether the first copy came in this batch or an earlier one;
+the ids are trimmed by the same rule as the watermark moves, so where batches are cut never
+changes the verdict. An event accepted later than the window (the allowed lateness can be
+longer) is not remembered, so a re-send of it counts again.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from features.batch import WriteBatch
 from features.keys import Keys
 from features.store import Store
 
-#: Answers, for one partition, which of the ids it applied before (one flag per id).
-KnownIds = Callable[[int, list[str]], Sequence[bool]]
+#: For one partition, the event time (ms) at which each id was applied, None if it was not.
+KnownIds = Callable[[int, list[str]], Sequence[float | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An interaction to screen: its partition, id, event time, and the partition's event
+    time once it was read (the running watermark)."""
+
+    partition: int
+    event_id: str
+    ts: int
+    watermark: int
 
 
 class EventIdFilter:
@@ -31,13 +45,22 @@ class EventIdFilter:
     Examples:
         >>> from features.stores.memory_store import InMemoryStore
         >>> store, ids = InMemoryStore(), EventIdFilter(Keys("sr"), "clicks", 60_000)
-        >>> ids.duplicates([(0, "a"), (0, "b"), (0, "a")], ids.stored_in(store))
+        >>> known = ids.stored_in(store)
+        >>> batch = [Candidate(0, "a", 1_000, 1_000), Candidate(0, "b", 2_000, 2_000),
+        ...          Candidate(0, "a", 1_000, 2_000)]
+        >>> ids.duplicates(batch, known)
         [False, False, True]
-        >>> batch = WriteBatch()
-        >>> ids.record(batch, {0: {"a": 1_000, "b": 2_000}}, {0: 2_000})
-        >>> store.commit(batch)
-        >>> ids.duplicates([(0, "b"), (1, "b")], ids.stored_in(store))
+        >>> writes = WriteBatch()
+        >>> ids.record(writes, {0: {"a": 1_000, "b": 2_000}}, {0: 2_000})
+        >>> store.commit(writes)
+        >>> again = [Candidate(0, "b", 2_000, 9_000), Candidate(1, "b", 2_000, 9_000)]
+        >>> ids.duplicates(again, known)
         [True, False]
+
+        Out of the window, a copy counts again (in any batch):
+
+        >>> ids.duplicates([Candidate(0, "a", 1_000, 70_000)], known)
+        [False]
     """
 
     def __init__(self, keys: Keys, topic: str, window_ms: int) -> None:
@@ -56,30 +79,31 @@ class EventIdFilter:
 
     def stored_in(self, store: Store) -> KnownIds:
         """A :data:`KnownIds` that asks the store (one read per partition)."""
+        return lambda partition, ids: store.zscores(self.key(partition), ids)
 
-        def known(partition: int, ids: list[str]) -> list[bool]:
-            return [score is not None for score in store.zscores(self.key(partition), ids)]
-
-        return known
-
-    def duplicates(self, ids: Sequence[tuple[int, str]], known: KnownIds) -> list[bool]:
-        """For each ``(partition, event_id)`` in offset order: True if the partition applied
-        that id before (``known``) or it came earlier in ``ids``."""
+    def duplicates(self, batch: Sequence[Candidate], known: KnownIds) -> list[bool]:
+        """For each candidate in offset order: True if its partition applied the id (as
+        ``known`` says, or earlier in ``batch``) at an event time within the window of the
+        candidate's watermark."""
         if not self.enabled:
-            return [False] * len(ids)
+            return [False] * len(batch)
         by_partition: dict[int, dict[str, None]] = defaultdict(dict)
-        for partition, event_id in ids:
-            by_partition[partition][event_id] = None
-        applied: dict[int, set[str]] = {}
+        for c in batch:
+            by_partition[c.partition][c.event_id] = None
+        applied: dict[int, dict[str, float]] = {}
         for partition, unique in by_partition.items():
             members = list(unique)
             found = known(partition, members)
-            applied[partition] = {m for m, was in zip(members, found, strict=True) if was}
-        seen: dict[int, set[str]] = defaultdict(set)
+            applied[partition] = {
+                m: ts for m, ts in zip(members, found, strict=True) if ts is not None
+            }
         flags = []
-        for partition, event_id in ids:
-            flags.append(event_id in applied[partition] or event_id in seen[partition])
-            seen[partition].add(event_id)
+        for c in batch:
+            first = applied[c.partition].get(c.event_id)
+            repeated = first is not None and first >= c.watermark - self.window_ms
+            flags.append(repeated)
+            if not repeated:
+                applied[c.partition][c.event_id] = c.ts
         return flags
 
     def record(

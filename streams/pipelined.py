@@ -27,6 +27,8 @@ from streams.runtime import Worker, _Stopped
 from streams.state_cache import StateCache
 from streams.transport import RawMessage, TopicPartition
 
+MessageAt = tuple[TopicPartition, int]
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +43,8 @@ class _Inflight:
     last: dict[TopicPartition, int]
     events: EventBatch
     started: float
+    #: Messages dead-lettered while planning: a synchronous redo must not send them again.
+    rejected: set[MessageAt]
 
 
 class PipelinedWorker(Worker):
@@ -90,12 +94,13 @@ class PipelinedWorker(Worker):
             self._finish(stop)
             self.cache.trim()
         started = time.perf_counter()
+        rejected: set[MessageAt] = set()
         try:
-            batch, last, events = self._plan(messages, stop)
+            batch, last, events = self._plan(messages, stop, rejected)
             self._finish(stop)
         except _InflightFailed:
             self.cache.clear()
-            self.apply_messages(messages, stop)
+            self.apply_messages(messages, stop, rejected)
             return
         except StoreUnavailableError as exc:
             # Land (or redo) the commit in flight first, or its batch could be skipped; the
@@ -104,13 +109,16 @@ class PipelinedWorker(Worker):
             with contextlib.suppress(_InflightFailed):
                 self._finish(stop)
             self.cache.clear()
-            self.apply_messages(messages, stop)
+            self.apply_messages(messages, stop, rejected)
             return
-        future = self._committer.submit(self._commit, batch, len(events))
-        self._inflight = _Inflight(future, messages, last, events, started)
+        future = self._committer.submit(self._commit, batch, len(events), len(messages))
+        self._inflight = _Inflight(future, messages, last, events, started, rejected)
 
     def _plan(
-        self, messages: list[RawMessage], stop: threading.Event
+        self,
+        messages: list[RawMessage],
+        stop: threading.Event,
+        rejected: set[MessageAt],
     ) -> tuple[WriteBatch, dict[TopicPartition, int], EventBatch]:
         """Decode and compute a batch from the cache (reading the store only past the
         barrier), and update the cache with what the batch will write."""
@@ -128,7 +136,8 @@ class PipelinedWorker(Worker):
                     cache.watermarks.setdefault(tp, stored_marks[tp])
         applied = {tp: cache.offsets[tp] for tp in last if cache.offsets[tp] >= 0}
         watermarks = {tp: cache.watermarks[tp] for tp in last if tp in cache.watermarks}
-        events = self._fresh_events(messages, applied, watermarks, set(), self._known_ids(stop))
+        known = self._known_while_planning()
+        events = self._fresh_events(messages, applied, watermarks, rejected, known)
         self.dead_letter.flush()
         reads = BatchReads(
             events,
@@ -149,16 +158,20 @@ class PipelinedWorker(Worker):
                 cache.landmarks.update(op.fields)
         return batch, last, events
 
-    def _known_ids(self, stop: threading.Event | None) -> KnownIds:
+    def _known_while_planning(self) -> KnownIds:
         """Ids the store holds, or the commit in flight is writing: a re-send in the next
-        batch must be caught before that commit lands. A store outage propagates to
-        :meth:`_pipeline`, which takes the synchronous path."""
+        batch must be caught before that commit lands. Unlike the synchronous path's, it
+        does not wait out a store outage: that propagates to :meth:`_pipeline`, which then
+        takes the synchronous path."""
         stored = self.event_ids.stored_in(self.store)
         inflight = self._inflight
 
-        def known(partition: int, ids: list[str]) -> list[bool]:
+        def known(partition: int, ids: list[str]) -> list[float | None]:
             pending = inflight.events.event_ids.get(partition, {}) if inflight else {}
-            return [was or i in pending for i, was in zip(ids, stored(partition, ids), strict=True)]
+            return [
+                float(pending[i]) if i in pending else ts
+                for i, ts in zip(ids, stored(partition, ids), strict=True)
+            ]
 
         return known
 
@@ -173,7 +186,7 @@ class PipelinedWorker(Worker):
         except Exception as exc:  # noqa: BLE001 - every failure takes the safe, synchronous path
             log.info("pipelined commit failed (%s); applying the batch again", exc)
             self.cache.clear()
-            self.apply_messages(inflight.messages, stop)
+            self.apply_messages(inflight.messages, stop, inflight.rejected)
             raise _InflightFailed from None
         self.source.commit({tp: offset + 1 for tp, offset in inflight.last.items()})
         self._account(inflight.events)

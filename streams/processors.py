@@ -168,10 +168,15 @@ class BatchReads:
 
         # Stored as "" for an item without a category; None means the item is unknown.
         out = {i: (c or None) for i, c in self._items("category", fetch).items()}
-        for item in self.events.items:
-            if item.op == "upsert":
-                out[item.item_id] = item.category or None
+        for item_id, category in self._batch_categories().items():
+            out[item_id] = category or None
         return out
+
+    def _batch_categories(self) -> dict[str, str]:
+        """The category the batch's last event of each item leaves ("" after a delete, whose
+        tombstone has none): the same as a later batch reads back."""
+        latest = {item.item_id: item for item in self.events.items}
+        return {i: (e.category or "") if e.op == "upsert" else "" for i, e in latest.items()}
 
     def remember_items(self) -> None:
         """Record what the batch's item events write (whether or not anything read them)."""
@@ -179,9 +184,8 @@ class BatchReads:
             return
         for item_id, vector in self.new_item_vectors.items():
             self.cache.put_item("vector", item_id, vector)  # None: known to have none
-        for item in self.events.items:
-            if item.op == "upsert":
-                self.cache.put_item("category", item.item_id, item.category or "")
+        for item_id, category in self._batch_categories().items():
+            self.cache.put_item("category", item_id, category)
 
     def recent(self, users: list[str], k: int) -> dict[str, list[tuple[str, float]]]:
         """Each user's ``k`` latest seen items (item, event time), newest first."""

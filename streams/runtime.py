@@ -43,7 +43,7 @@ from features.keys import Keys
 from features.store import Store
 from streams.batch_limit import BatchLimit
 from streams.dead_letter import DeadLetterPolicy
-from streams.dedup import EventIdFilter, KnownIds
+from streams.dedup import Candidate, EventIdFilter, KnownIds
 from streams.processors import BatchReads, EventBatch, Processor
 from streams.recovery import RecoveringSource, Rewindable
 from streams.schema import EventValidator, Impression, Interaction, Item
@@ -175,17 +175,26 @@ class Worker:
         return applied
 
     def apply_messages(
-        self, messages: list[RawMessage], stop: threading.Event | None = None
+        self,
+        messages: list[RawMessage],
+        stop: threading.Event | None = None,
+        rejected: set[tuple[TopicPartition, int]] | None = None,
     ) -> int:
-        """Apply one batch (also the entry point for push-based runtimes); return events applied."""
+        """Apply one batch (also the entry point for push-based runtimes); return events
+        applied. ``rejected`` holds messages already dead-lettered by an earlier attempt."""
         try:
-            return self._apply(messages, stop)
+            return self._apply(messages, stop, set() if rejected is None else rejected)
         except _Stopped:
             return 0  # nothing was committed; the batch is consumed again after restart
 
-    def _apply(self, messages: list[RawMessage], stop: threading.Event | None) -> int:
+    def _apply(
+        self,
+        messages: list[RawMessage],
+        stop: threading.Event | None,
+        rejected: set[tuple[TopicPartition, int]],
+    ) -> int:
         started = time.perf_counter()
-        rejected: set[tuple[TopicPartition, int]] = set()
+        polled = len(messages)
         while True:
             # With recovery on, the whole checkpoint: a loss shows on any partition.
             topics = self.recovery.inputs if self.recovery else sorted({m.topic for m in messages})
@@ -205,7 +214,7 @@ class Worker:
             self.dead_letter.flush()
             try:
                 commit = partial(
-                    self._compute_and_commit, events, last, applied_offsets, watermarks
+                    self._compute_and_commit, events, last, applied_offsets, watermarks, polled
                 )
                 self._with_store(commit, stop)
                 break
@@ -237,7 +246,7 @@ class Worker:
         """Decode the messages the store has not applied; reject each bad one, and each
         re-sent event id (``known`` tells which ids a partition applied), only once."""
         events = EventBatch()
-        interactions: list[tuple[RawMessage, Interaction]] = []
+        interactions: list[tuple[RawMessage, Interaction, int]] = []
         # Sent once the store has answered which ids are known: a read that fails leaves
         # nothing half dead-lettered (the pipelined worker then redoes the whole batch).
         rejects: list[tuple[RawMessage, str]] = []
@@ -252,9 +261,12 @@ class Worker:
             reason = self._decode_into(events, msg, now_ms, watermarks, interactions)
             if reason is not None:
                 rejects.append((msg, reason))
-        ids = [(msg.partition, event.event_id) for msg, event in interactions]
-        repeats = self.event_ids.duplicates(ids, known)
-        for (msg, event), repeated in zip(interactions, repeats, strict=True):
+        candidates = [
+            Candidate(msg.partition, event.event_id, event.ts, mark)
+            for msg, event, mark in interactions
+        ]
+        repeats = self.event_ids.duplicates(candidates, known)
+        for (msg, event, _), repeated in zip(interactions, repeats, strict=True):
             if repeated:
                 reason = (
                     f"duplicate event_id {event.event_id!r}: partition {msg.partition} "
@@ -279,15 +291,18 @@ class Worker:
         last: dict[TopicPartition, int],
         applied: dict[TopicPartition, int],
         watermarks: dict[TopicPartition, int],
+        polled: int,
     ) -> None:
         reads = BatchReads(events, self.store, self.keys, self.validator.embedding_dim)
-        self._commit(self._compute(events, last, applied, watermarks, reads), len(events))
+        batch = self._compute(events, last, applied, watermarks, reads)
+        self._commit(batch, len(events), polled)
 
-    def _commit(self, batch: WriteBatch, events: int) -> None:
+    def _commit(self, batch: WriteBatch, events: int, polled: int) -> None:
         """Commit a batch's writes, and size the next batches by how long it took."""
         started = time.perf_counter()
         self.store.commit(batch)
-        self.batch_limit.observe(events=events, commit_ms=(time.perf_counter() - started) * 1e3)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self.batch_limit.observe(events=events, commit_ms=elapsed_ms, polled=polled)
 
     def _compute(
         self,
@@ -328,10 +343,11 @@ class Worker:
         msg: RawMessage,
         now_ms: int,
         watermarks: dict[TopicPartition, int],
-        interactions: list[tuple[RawMessage, Interaction]],
+        interactions: list[tuple[RawMessage, Interaction, int]],
     ) -> str | None:
-        """Append the message's event to ``events`` (an interaction to ``interactions``, to be
-        screened for re-sends); return why it is rejected instead."""
+        """Append the message's event to ``events`` (an interaction to ``interactions``, with
+        its partition's event time, to be screened for re-sends); return why it is rejected
+        instead."""
         kind = self._kinds.get(msg.topic)
         if kind is None:
             return f"no processor for topic {msg.topic!r}"
@@ -352,7 +368,7 @@ class Worker:
                 )
             watermarks[tp] = event.ts if mark is None else max(mark, event.ts)
             if kind is Interaction:
-                interactions.append((msg, event))
+                interactions.append((msg, event, watermarks[tp]))
             else:
                 events.impressions.append((msg.partition, event))
         else:

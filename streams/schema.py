@@ -194,15 +194,23 @@ def _explain(raw: bytes, exc: Exception) -> str:
 
 def _non_finite_path(doc: Any) -> tuple[str, str] | None:
     """JSON path and value of the first NaN or infinity in a decoded document."""
-    stack: list[tuple[str, Any]] = [("$", doc)]
+    # Each entry links to its parent's path instead of copying it: a hostile document with
+    # long keys and many children would otherwise cost path length × children.
+    Link = tuple[str, Any]  # (segment, parent link or None)
+    stack: list[tuple[Link | None, Any]] = [(None, doc)]
     while stack:
-        path, value = stack.pop()
+        link, value = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
-            return path, "NaN" if math.isnan(value) else ("-" if value < 0 else "") + "Infinity"
+            segments = []
+            while link is not None:
+                segment, link = link
+                segments.append(segment)
+            shown = "NaN" if math.isnan(value) else ("-" if value < 0 else "") + "Infinity"
+            return "$" + "".join(reversed(segments)), shown
         if isinstance(value, dict):
-            stack.extend((f"{path}.{k}", v) for k, v in reversed(list(value.items())))
+            stack.extend(((f".{k}", link), v) for k, v in reversed(list(value.items())))
         elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+            stack.extend(((f"[{i}]", link), v) for i, v in reversed(list(enumerate(value))))
     return None
 
 

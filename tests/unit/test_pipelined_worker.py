@@ -194,3 +194,36 @@ def test_re_sent_events_leave_the_plain_worker_state_and_count_once() -> None:
     assert dict(store.top(popularity, 10**6)) == pytest.approx(
         dict(once_store.top(popularity, 10**6))
     )
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [{3: "conflict"}, {4: "down", 5: "down"}, {3: "lost-reply"}],
+    ids=["conflict", "outage", "lost-reply"],
+)
+def test_a_failed_commit_in_flight_dead_letters_nothing_twice(failures: dict[int, str]) -> None:
+    from streams.schema import Interaction
+
+    topics = TopicSettings()
+    bus = InProcessBus(partitions=1, topics=topics)
+    rejects = 0
+    for n in range(2_000):
+        bus.send(
+            Interaction(event_id=f"e{n}", user_id="u", item_id=f"i{n % 7}", type="view", ts=NOW)
+        )
+        if n % 100 == 50:  # garbage, and a re-send of the event just sent
+            bus.send_raw(topics.interactions, b"u", b"{not json", {})
+            bus.send(Interaction(event_id=f"e{n}", user_id="u", item_id="x", type="view", ts=NOW))
+            rejects += 2
+    worker = make_worker(bus, FailingStore(dict(failures)), WorkerSettings(batch_size=BATCH))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while any(worker.source.lag().values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(30)
+    # A lost reply's batch did land: its redo skips it by offset.
+    assert worker.stats.applied + worker.stats.skipped_duplicates >= 2_000
+    assert len(bus.read(topics.dead_letter)) == rejects == worker.stats.dead_lettered

@@ -321,3 +321,23 @@ def test_event_ids_leave_the_window_behind_the_watermark() -> None:
     off = WorkerSettings(dedup_window_ms=0)
     run_pipeline([click(5_000)], store=store, bus=bus, now_ms=NOW, worker=off)
     assert not bus.read(bus.topics.dead_letter)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5000])
+def test_whether_a_copy_is_a_re_send_does_not_depend_on_batch_cuts(batch_size: int) -> None:
+    window = WorkerSettings(dedup_window_ms=1_000, batch_size=batch_size)
+    stream = [
+        click(0),  # e0 at NOW
+        click(1),  # e1: copied at once below, a re-send
+        click(1),
+        click(5_000),  # the partition's clock moves 5 s on: e0 is out of the 1 s window
+        click(0),  # so this copy counts again
+        click(5_000),  # and this one is a re-send
+    ]
+    store, worker, bus = run_pipeline(stream, now_ms=NOW, worker=window)
+    reasons = [m.headers[REASON] for m in bus.read(bus.topics.dead_letter)]
+    assert [r.split(b":")[0] for r in reasons] == [b"duplicate event_id 'e1'"] * 1 + [
+        b"duplicate event_id 'e5000'"
+    ]
+    assert worker.stats.applied == 4 and worker.stats.resent == 2
+    assert store.zscores(KEYS.popularity_all_time(), ["i1"]) == [8.0]  # four clicks of 2
