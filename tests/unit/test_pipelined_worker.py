@@ -69,12 +69,8 @@ def make_worker(
     )
 
 
-def run_pipelined(events: list, store: InMemoryStore) -> PipelinedWorker:  # type: ignore[type-arg]
-    topics = TopicSettings()
-    bus = InProcessBus(partitions=topics.partitions, topics=topics)  # as run_pipeline
-    for event in events:
-        bus.send(event)
-    worker = make_worker(bus, store, WorkerSettings(batch_size=BATCH, heartbeat_s=300))
+def run_until_drained(worker: PipelinedWorker) -> None:
+    """Run the worker in a thread until the bus is drained, then stop it."""
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
@@ -84,6 +80,15 @@ def run_pipelined(events: list, store: InMemoryStore) -> PipelinedWorker:  # typ
     stop.set()  # the worker lands its last commit before it stops
     thread.join(30)
     assert not thread.is_alive()
+
+
+def run_pipelined(events: list, store: InMemoryStore) -> PipelinedWorker:  # type: ignore[type-arg]
+    topics = TopicSettings()
+    bus = InProcessBus(partitions=topics.partitions, topics=topics)  # as run_pipeline
+    for event in events:
+        bus.send(event)
+    worker = make_worker(bus, store, WorkerSettings(batch_size=BATCH, heartbeat_s=300))
+    run_until_drained(worker)
     return worker
 
 
@@ -118,17 +123,30 @@ class SlowStore(InMemoryStore):
         super().commit(batch)
 
 
+class Stepped:
+    """A pipelined worker on one partition of a slow store, driven a batch at a time."""
+
+    def __init__(self) -> None:
+        self.bus = InProcessBus(partitions=1)
+        self.keys = Keys("sr")
+        self.store = SlowStore()
+        self.worker = make_worker(self.bus, self.store, WorkerSettings(heartbeat_s=300))
+        self.stop = threading.Event()
+
+    def next_batch(self) -> None:
+        """Plan what is on the bus and submit its commit (landing the one before)."""
+        self.worker._pipeline(self.worker.source.poll_batch(100, 0.01), self.stop)
+
+    def finish(self) -> None:
+        """Land the commit in flight."""
+        self.worker._finish(self.stop)
+
+
 def test_a_batch_sees_the_items_of_the_batch_still_in_flight() -> None:
     from streams.schema import Interaction, Item
 
-    bus = InProcessBus(partitions=1)
-    keys = Keys("sr")
-    store = SlowStore()
-    worker = make_worker(bus, store, WorkerSettings(heartbeat_s=300))
-    stop = threading.Event()
-
-    def next_batch() -> None:
-        worker._pipeline(worker.source.poll_batch(100, 0.01), stop)
+    run = Stepped()
+    bus, keys, store, next_batch = run.bus, run.keys, run.store, run.next_batch
 
     # Batch 0 touches both topics, so later batches find both checkpoints in the cache.
     bus.send(Item(item_id="zz", ts=NOW, category="misc"))
@@ -138,7 +156,7 @@ def test_a_batch_sees_the_items_of_the_batch_still_in_flight() -> None:
     next_batch()  # batch 1 (items only) is submitted and takes 0.3 s to land
     bus.send(Interaction(event_id="e", user_id="u", item_id="n1", type="click", ts=NOW))
     next_batch()  # batch 2 is computed while batch 1 is in flight
-    worker._finish(stop)
+    run.finish()
     assert [i for i, _ in store.top(keys.trending(3600.0, "cat:news"), 5)] == ["n1"]
     assert store.get_bytes([keys.session_embedding("u")])[0] is not None
     assert store.hgetall(keys.item("n1"))["stub"] == "0"
@@ -147,20 +165,17 @@ def test_a_batch_sees_the_items_of_the_batch_still_in_flight() -> None:
 def test_a_re_sent_event_is_caught_while_its_first_copy_is_in_flight() -> None:
     from streams.schema import Interaction
 
-    bus = InProcessBus(partitions=1)
-    keys = Keys("sr")
-    store = SlowStore()
-    worker = make_worker(bus, store, WorkerSettings(heartbeat_s=300))
-    stop = threading.Event()
+    run = Stepped()
+    bus, keys, store = run.bus, run.keys, run.store
     click = Interaction(event_id="e1", user_id="u", item_id="i", type="click", ts=NOW)
     bus.send(Interaction(event_id="e0", user_id="u", item_id="i", type="view", ts=NOW))
-    worker._pipeline(worker.source.poll_batch(100, 0.01), stop)  # the checkpoint, cached
-    worker._finish(stop)
+    run.next_batch()  # the checkpoint, cached
+    run.finish()
     bus.send(click)
-    worker._pipeline(worker.source.poll_batch(100, 0.01), stop)  # in flight for 0.3 s
+    run.next_batch()  # in flight for 0.3 s
     bus.send(click)
-    worker._pipeline(worker.source.poll_batch(100, 0.01), stop)  # the re-send, planned now
-    worker._finish(stop)
+    run.next_batch()  # the re-send, planned now
+    run.finish()
     (dead,) = bus.read(bus.topics.dead_letter)
     assert b"duplicate event_id 'e1'" in dead.headers["x-reason"]
     weights = FEATURES.event_weights
@@ -216,14 +231,7 @@ def test_a_failed_commit_in_flight_dead_letters_nothing_twice(failures: dict[int
             bus.send(Interaction(event_id=f"e{n}", user_id="u", item_id="x", type="view", ts=NOW))
             rejects += 2
     worker = make_worker(bus, FailingStore(dict(failures)), WorkerSettings(batch_size=BATCH))
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while any(worker.source.lag().values()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stop.set()
-    thread.join(30)
+    run_until_drained(worker)
     # A lost reply's batch did land: its redo skips it by offset.
     assert worker.stats.applied + worker.stats.skipped_duplicates >= 2_000
     assert len(bus.read(topics.dead_letter)) == rejects == worker.stats.dead_lettered
