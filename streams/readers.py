@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
-import math
 import re
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import IO, Any, Literal, TypeAlias, cast, get_args
+from typing import IO, Any, Literal, TypeAlias, cast
 
 import msgspec
 
@@ -39,114 +35,32 @@ from features.settings import FeatureSettings
 from streams.jsonl import parse_line
 from streams.schema import Event, EventValidator, Impression, Interaction, InteractionType
 from streams.settings import WorkerSettings
+from streams.table_columns import (
+    DEFAULT_TYPE_MAP,
+    ColumnMapping,
+    ColumnMappingError,
+    MissingColumnError,
+    RowConverter,
+    TsUnit,
+)
 
-TsUnit: TypeAlias = Literal["s", "ms"]
+__all__ = [
+    "OUT_OF_ORDER",
+    "ColumnMapping",
+    "ColumnMappingError",
+    "MissingColumnError",
+    "ReadOptions",
+    "ReadReport",
+    "TsUnit",
+    "UnreadableFileError",
+    "read_events",
+]
+
 Format: TypeAlias = Literal["jsonl", "csv", "tsv", "parquet"]
-
-
-class ColumnMappingError(StreamrecError):
-    """A column mapping cannot be parsed, or does not fit the options."""
-
-
-class MissingColumnError(ColumnMappingError):
-    """A mapped column is not in the file's header."""
 
 
 class UnreadableFileError(StreamrecError):
     """The file itself is broken (e.g. a truncated gzip), not just some of its rows."""
-
-
-#: Event names of common datasets (RetailRocket: view, addtocart, transaction) and our own
-#: types, after lower-casing and turning ``-`` and spaces into ``_``.
-DEFAULT_TYPE_MAP: Mapping[str, InteractionType] = MappingProxyType(
-    {
-        **{t: t for t in get_args(InteractionType)},
-        "pageview": "view",
-        "detail": "view",
-        "impression": "view",
-        "clicks": "click",
-        "addtocart": "add_to_cart",
-        "cart": "add_to_cart",
-        "add_to_basket": "add_to_cart",
-        "transaction": "purchase",
-        "buy": "purchase",
-        "buys": "purchase",
-        "order": "purchase",
-        "favorite": "like",
-        "favourite": "like",
-        "fav": "like",
-    }
-)
-
-_FIELDS = ("user", "item", "ts", "session", "type", "rating", "event_id")
-_REQUIRED = ("user", "item", "ts")
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnMapping:
-    """Which column of a table holds each interaction field.
-
-    Examples:
-        >>> m = ColumnMapping.parse("user=UserId, item=ItemId, ts=Time, rating=Rating")
-        >>> m.user, m.rating, m.session
-        ('UserId', 'Rating', None)
-        >>> ColumnMapping.parse("user=UserId,ts=Time")
-        Traceback (most recent call last):
-        ...
-        streams.readers.ColumnMappingError: --columns lacks item= (required: user, item, ts)
-        >>> ColumnMapping.parse("user=u,item=i,ts=t,colour=c")
-        Traceback (most recent call last):
-        ...
-        streams.readers.ColumnMappingError: --columns: unknown field 'colour' (known: user, \
-item, ts, session, type, rating, event_id)
-    """
-
-    user: str
-    item: str
-    ts: str
-    session: str | None = None
-    type: str | None = None
-    rating: str | None = None
-    event_id: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> ColumnMapping:
-        """Parse ``field=Column,field=Column,...``."""
-        given: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            name, sep, column = (s.strip() for s in part.partition("="))
-            if not sep or not column:
-                raise ColumnMappingError(f"--columns: expected field=Column, got {part!r}")
-            if name not in _FIELDS:
-                raise ColumnMappingError(
-                    f"--columns: unknown field {name!r} (known: {', '.join(_FIELDS)})"
-                )
-            if name in given:
-                raise ColumnMappingError(f"--columns: {name}= is given twice")
-            given[name] = column
-        for name in _REQUIRED:
-            if name not in given:
-                raise ColumnMappingError(
-                    f"--columns lacks {name}= (required: {', '.join(_REQUIRED)})"
-                )
-        return cls(**given)
-
-    @classmethod
-    def ours(cls, header: Iterable[str]) -> ColumnMapping:
-        """Our own field names, for a table without ``--columns``; optional ones if present."""
-        present = set(header)
-        optional = {"session": "session_id", "type": "type", "rating": "rating"}
-        optional["event_id"] = "event_id"
-        return cls(
-            user="user_id",
-            item="item_id",
-            ts="ts",
-            **{name: col for name, col in optional.items() if col in present},
-        )
-
-    def used(self) -> dict[str, str]:
-        """Field → column, for the fields that are mapped."""
-        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
 def _default_validator() -> EventValidator:
@@ -323,7 +237,7 @@ def _rows(path: Path, options: ReadOptions, report: ReadReport, now_ms: int) -> 
 
 def _jsonl_rows(path: Path, options: ReadOptions, now_ms: int) -> Iterator[_Row]:
     with _open(path) as stream:
-        converter: _RowConverter | None = None
+        converter: RowConverter | None = None
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
@@ -340,7 +254,7 @@ def _jsonl_rows(path: Path, options: ReadOptions, now_ms: int) -> Iterator[_Row]
                 yield number, "expected a JSON object"
                 continue
             if converter is None:  # the first object's keys stand for the header
-                converter = _RowConverter(options.columns, options, obj.keys(), path, now_ms)
+                converter = RowConverter(options.columns, options, obj.keys(), path, now_ms)
             yield number, converter.convert(obj)
 
 
@@ -357,7 +271,7 @@ def _table_rows(path: Path, delimiter: str, options: ReadOptions, now_ms: int) -
             return
         header = [name.strip() for name in header]
         mapping = options.columns or ColumnMapping.ours(header)
-        converter = _RowConverter(mapping, options, header, path, now_ms, options.columns is None)
+        converter = RowConverter(mapping, options, header, path, now_ms, options.columns is None)
         while True:
             try:
                 row = next(reader)
@@ -380,7 +294,7 @@ def _parquet_rows(path: Path, options: ReadOptions, now_ms: int) -> Iterator[_Ro
     table = pq.ParquetFile(path)
     header = list(table.schema_arrow.names)
     mapping = options.columns
-    converter = _RowConverter(mapping, options, header, path, now_ms) if mapping else None
+    converter = RowConverter(mapping, options, header, path, now_ms) if mapping else None
     if converter is None and "value" not in header:
         raise MissingColumnError(
             f"column 'value' is not in {path} (columns: {', '.join(header)}); "
@@ -403,120 +317,6 @@ def _parse_event(line: bytes, validator: EventValidator, now_ms: int) -> Event |
         return parse_line(line, validator, now_ms)
     except InvalidEventError as exc:
         return str(exc)
-
-
-# ---------------------------------------------------------------- table rows → interactions
-
-
-def parse_ts(text: str, unit: TsUnit) -> int:
-    """Milliseconds since the epoch from a number in ``unit`` or an ISO-8601 date.
-
-    ISO dates without a zone are UTC (YooChoose writes ``2014-04-07T10:51:09.277Z``).
-
-    Examples:
-        >>> parse_ts("1433221332", "s"), parse_ts("1433221332117", "ms"), parse_ts("1.5", "s")
-        (1433221332000, 1433221332117, 1500)
-        >>> parse_ts("2014-04-07T10:51:09.277Z", "ms")
-        1396867869277
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        when = datetime.fromisoformat(text.strip())
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return round(when.timestamp() * 1000)
-    if not math.isfinite(value):
-        raise ValueError(f"not a finite number: {text!r}")
-    return round(value * 1000) if unit == "s" else round(value)
-
-
-class _RowConverter:
-    """Turns one mapped row into a validated :class:`Interaction`, or a rejection reason."""
-
-    def __init__(
-        self,
-        mapping: ColumnMapping,
-        options: ReadOptions,
-        header: Iterable[str],
-        path: Path,
-        now_ms: int,
-        defaulted: bool = False,
-    ) -> None:
-        columns = set(header)
-        for name, column in mapping.used().items():
-            if column not in columns:
-                raise MissingColumnError(
-                    f"column {column!r} ({name}=) is not in {path.name}; "
-                    f"its columns are: {', '.join(sorted(columns)) or '(none)'}"
-                    + ("; map them with --columns" if defaulted else "")
-                )
-        if options.type_from_rating is not None and mapping.rating is None:
-            raise ColumnMappingError("--type-from-rating needs a rating= column in --columns")
-        self.mapping, self.options, self.now_ms = mapping, options, now_ms
-        self.used = mapping.used()
-
-    def convert(self, row: Mapping[str, Any]) -> Interaction | str:
-        m, options = self.mapping, self.options
-        values = {name: _text(row.get(column)) for name, column in self.used.items()}
-        for name in _REQUIRED:
-            if not values[name]:
-                return f"empty {name} in column {self.used[name]}"
-        try:
-            ts = parse_ts(values["ts"], options.ts_unit)
-        except ValueError:
-            return f"bad ts in column {m.ts}"
-        context: dict[str, str | int | float | bool] = {}
-        rating: float | None = None
-        if m.rating is not None and values["rating"]:
-            try:
-                rating = float(values["rating"])
-            except ValueError:
-                return f"bad rating in column {m.rating}"
-            context["rating"] = rating
-        if options.type_from_rating is not None:
-            if rating is None:
-                return f"empty rating in column {m.rating}"
-            kind: InteractionType = "like" if rating >= options.type_from_rating else "view"
-        elif m.type is not None:
-            name = re.sub(r"[\s-]+", "_", values["type"].strip().lower())
-            if name not in options.type_map:
-                return f"unknown type {values['type'][:40]!r} in column {m.type}"
-            kind = options.type_map[name]
-        else:
-            kind = options.default_type
-        event_id = values.get("event_id") or _row_id(values)
-        try:
-            event = msgspec.convert(
-                {
-                    "event_id": event_id,
-                    "user_id": values["user"],
-                    "item_id": values["item"],
-                    "type": kind,
-                    "ts": ts,
-                    "session_id": values.get("session") or None,
-                    "context": context,
-                },
-                Interaction,
-            )
-            options.validator.check(event, now_ms=self.now_ms)
-        except (msgspec.ValidationError, InvalidEventError) as exc:
-            return str(exc)
-        return event
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
-
-
-def _row_id(values: Mapping[str, str]) -> str:
-    """A deterministic id from the row's mapped content.
-
-    From the content, not the row number: replaying a file twice gives the same ids, and a
-    row repeated verbatim (common in exported logs) is caught as a duplicate.
-    """
-    content = "\x1f".join(f"{k}={values[k]}" for k in sorted(values))
-    return "row-" + hashlib.blake2b(content.encode(), digest_size=12).hexdigest()
 
 
 # ---------------------------------------------------------------- rejections, order, duplicates

@@ -21,8 +21,9 @@ from rich.table import Table
 
 from features.errors import InvalidEventError, StreamrecError
 from streamrec.cli_common import ConfigOption, _setup, _stop_on_signals, console
-from streams.readers import ColumnMapping, ColumnMappingError, ReadOptions, TsUnit
+from streams.readers import ReadOptions
 from streams.recording import RecordFormat
+from streams.table_columns import ColumnMapping, ColumnMappingError, TsUnit
 
 if TYPE_CHECKING:
     from streamrec.settings import Settings
