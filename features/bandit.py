@@ -27,13 +27,11 @@ from features.batch import WriteBatch
 from features.decay import (
     decay_rate,
     forward_weight,
-    needs_rotation,
     read_factor,
-    rotation_factor,
 )
 from features.keys import Keys
+from features.landmarks import batch_landmark
 from features.store import Store
-from features.trending import aligned_landmark
 
 #: Field of the landmarks hash shared by every segment's counters.
 FAMILY = "bandit"
@@ -138,7 +136,12 @@ class SourceBandit:
         def segments() -> list[str]:
             return sorted(set(known_segments()) | batch_segments)
 
-        landmark = self._landmark(batch, landmarks, min(times), max(times), segments)
+        def rescale(factor: float) -> None:
+            for segment in segments():
+                batch.zscale(self.keys.bandit(segment), factor)
+
+        span = (min(times), max(times))
+        landmark = batch_landmark(batch, self.keys, landmarks, FAMILY, self.rate, span, rescale)
         amounts: dict[str, dict[str, float]] = {}
         last_seen: dict[str, float] = {}
         for o, t in zip(rows, times, strict=True):
@@ -151,30 +154,6 @@ class SourceBandit:
         for segment, members in amounts.items():
             batch.zincrby_many(self.keys.bandit(segment), members)
         batch.zadd(self.keys.bandit_segments(), last_seen, greater=True)
-
-    def _landmark(
-        self,
-        batch: WriteBatch,
-        landmarks: Mapping[str, str],
-        oldest: float,
-        newest: float,
-        segments: Callable[[], list[str]],
-    ) -> float:
-        stored = landmarks.get(FAMILY)
-        batch.guard(self.keys.landmarks(), FAMILY, stored)
-        if stored is None:
-            landmark = aligned_landmark(oldest)
-        else:
-            landmark = float(stored)
-            if not needs_rotation(newest, landmark, self.rate):
-                return landmark
-            moved = aligned_landmark(newest)
-            factor = rotation_factor(landmark, moved, self.rate)
-            for segment in segments():
-                batch.zscale(self.keys.bandit(segment), factor)
-            landmark = moved
-        batch.hset(self.keys.landmarks(), {FAMILY: repr(landmark)})
-        return landmark
 
     def posteriors(self, store: Store, segment: str, now_s: float) -> dict[str, Posterior]:
         """Every source seen in ``segment``, with its posterior as decayed to ``now_s``."""

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from features.batch import WriteBatch
 from features.decay import decay_rate, forward_weight, read_factor
 from features.keys import Keys
+from features.landmarks import aligned_landmark
 from features.store import Store
-from features.trending import aligned_landmark
 
 #: Field of the landmarks hash for co-visitation. With a 7-day half-life the stored exponent
 #: stays below 300 for ~8 years after the landmark; rescaling every item's list at once is not

@@ -8,7 +8,6 @@ makes their commit fail and recompute instead of mixing two frames of reference.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,15 +15,11 @@ from features.batch import WriteBatch
 from features.decay import (
     decay_rate,
     forward_weight,
-    needs_rotation,
     read_factor,
-    rotation_factor,
 )
 from features.keys import GLOBAL, Keys
+from features.landmarks import batch_landmark
 from features.store import Store
-
-#: New landmarks are aligned to this many seconds so that replays choose the same ones.
-LANDMARK_ALIGN_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +30,6 @@ class Counted:
     kind: str
     ts_ms: int
     category: str | None = None
-
-
-def aligned_landmark(t_s: float) -> float:
-    """The landmark a new or rotated family gets for event time ``t_s``."""
-    return math.floor(t_s / LANDMARK_ALIGN_S) * LANDMARK_ALIGN_S
 
 
 class Trending:
@@ -97,8 +87,15 @@ class Trending:
             return [GLOBAL] + [Keys.category_scope(c) for c in every]
 
         for half_life in self.half_lives_s:
-            landmark = self._landmark(batch, landmarks, half_life, oldest, newest, scopes)
             rate = decay_rate(half_life)
+
+            def rescale(factor: float, half_life: float = half_life) -> None:
+                for scope in scopes():
+                    batch.zscale(self.keys.trending(half_life, scope), factor)
+
+            family = self.family(half_life)
+            span = (oldest, newest)
+            landmark = batch_landmark(batch, self.keys, landmarks, family, rate, span, rescale)
             global_key = self.keys.trending(half_life)
             for event, weight, t in weighted:
                 amount = forward_weight(weight, t, landmark, rate)
@@ -114,32 +111,6 @@ class Trending:
             if event.category:
                 last_seen[event.category] = max(t * 1000.0, last_seen.get(event.category, 0.0))
         batch.zadd(self.keys.categories(), last_seen, greater=True)
-
-    def _landmark(
-        self,
-        batch: WriteBatch,
-        landmarks: Mapping[str, str],
-        half_life: float,
-        oldest: float,
-        newest: float,
-        scopes: Callable[[], list[str]],
-    ) -> float:
-        field = self.family(half_life)
-        stored = landmarks.get(field)
-        batch.guard(self.keys.landmarks(), field, stored)
-        if stored is None:
-            landmark = aligned_landmark(oldest)
-        else:
-            landmark = float(stored)
-            if not needs_rotation(newest, landmark, decay_rate(half_life)):
-                return landmark
-            moved = aligned_landmark(newest)
-            factor = rotation_factor(landmark, moved, decay_rate(half_life))
-            for scope in scopes():
-                batch.zscale(self.keys.trending(half_life, scope), factor)
-            landmark = moved
-        batch.hset(self.keys.landmarks(), {field: repr(landmark)})
-        return landmark
 
     def top(
         self, store: Store, half_life_s: float, k: int, now_s: float, scope: str = GLOBAL
