@@ -261,11 +261,13 @@ class Worker:
             reason = self._decode_into(events, msg, now_ms, watermarks, interactions)
             if reason is not None:
                 rejects.append((msg, reason))
-        candidates = [
-            Candidate(msg.partition, event.event_id, event.ts, mark)
-            for msg, event, mark in interactions
-        ]
-        repeats = self.event_ids.duplicates(candidates, known)
+        if self.event_ids.enabled:
+            candidates = [
+                Candidate(msg.partition, e.event_id, e.ts, mark) for msg, e, mark in interactions
+            ]
+            repeats = self.event_ids.duplicates(candidates, known)
+        else:  # dedup off: no per-event work on the hot path
+            repeats = [False] * len(interactions)
         for (msg, event, _), repeated in zip(interactions, repeats, strict=True):
             if repeated:
                 reason = (

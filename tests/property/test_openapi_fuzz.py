@@ -46,14 +46,10 @@ from schemathesis.checks import (
 )
 from schemathesis.python.asgi import get_client
 
-from features.stores.memory_store import InMemoryStore
-from serving.app import create_app
 from serving.settings import ServingSettings
 from streamrec.settings import Settings
-from streamrec.wiring import build_worker, embedded_resources
-from streams.bus import InProcessBus
-from streams.runtime import Worker
 from streams.schema import Interaction, Item
+from tests.unit.test_api import System as ApiSystem
 
 #: Fuzzed cases per operation (the examples and coverage phases add their own, bounded by
 #: the spec). Keeps the module well under 90 s.
@@ -80,22 +76,13 @@ def fuzz_settings(serving: ServingSettings) -> tuple[ServingSettings, dict[str, 
     return type(serving).model_validate({**serving.model_dump(), **update}), headers
 
 
-class System:
-    """The embedded system: bus, in-memory store, a worker, and the app."""
+class System(ApiSystem):
+    """The API test's embedded system with fuzzing settings, and a locked drain."""
 
     def __init__(self) -> None:
         settings = Settings()
         serving, self.headers = fuzz_settings(settings.serving)
-        self.settings = settings.model_copy(update={"serving": serving})
-        self.bus = InProcessBus(partitions=2, topics=self.settings.topics)
-        self.store = InMemoryStore()
-        topics = self.settings.topics.worker_inputs
-        self.worker: Worker = build_worker(
-            self.settings, self.bus.source(topics, "g"), self.store, self.bus
-        )
-        self.app = create_app(
-            serving, lambda: embedded_resources(self.settings, self.bus, self.store)
-        )
+        super().__init__(settings.model_copy(update={"serving": serving}))
         self._lock = threading.Lock()
 
     def seed(self) -> None:

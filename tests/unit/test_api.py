@@ -18,8 +18,10 @@ from streams.runtime import Worker
 
 
 class System:
-    def __init__(self) -> None:
-        self.settings = Settings()
+    """The embedded system: bus, in-memory store, a worker, and the app."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
         self.bus = InProcessBus(partitions=2, topics=self.settings.topics)
         self.store = InMemoryStore()
         topics = self.settings.topics.worker_inputs
