@@ -7,11 +7,12 @@ Sections are owned by the packages that use them; this root only assembles them,
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,7 +21,7 @@ from pydantic_settings import (
 )
 
 from features.settings import FeatureSettings, LearningSettings
-from serving.funnel.settings import FunnelSettings
+from serving.funnel.settings import FunnelSettings, merged_sources
 from serving.settings import ServingSettings
 from streams.settings import TopicSettings, WorkerSettings
 
@@ -69,6 +70,18 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     funnel: FunnelSettings = Field(default_factory=FunnelSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_source_overrides(cls, data: Any) -> Any:
+        """``funnel.sources`` from config merges over the default sources instead of
+        replacing the whole table (which would leave only the sources it names)."""
+        if isinstance(data, dict):
+            funnel = data.get("funnel")
+            if isinstance(funnel, dict) and isinstance(funnel.get("sources"), Mapping):
+                sources = merged_sources(funnel["sources"])
+                data = {**data, "funnel": {**funnel, "sources": sources}}
+        return data
 
     @classmethod
     def settings_customise_sources(

@@ -3,6 +3,9 @@ business rules, and how the ordering stage mixes, diversifies and explores."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel, Field, field_validator
 
 
@@ -28,6 +31,29 @@ def _default_sources() -> dict[str, SourceSettings]:
         "popular": SourceSettings(k=30),
         "fresh": SourceSettings(k=30),
     }
+
+
+def merged_sources(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The default sources with ``overrides`` merged over them field by field.
+
+    Configuration (TOML, environment) names only what it changes: ``popular.enabled =
+    false`` switches one source off and leaves the others as they are; a new name adds a
+    source.
+
+    Examples:
+        >>> merged = merged_sources({"popular": {"enabled": "false"}, "similar_item": {}})
+        >>> merged["popular"]["enabled"], merged["popular"]["k"], sorted(merged)[:3]
+        ('false', 30, ['covisitation', 'fresh', 'popular'])
+    """
+    merged: dict[str, Any] = {n: s.model_dump() for n, s in _default_sources().items()}
+    for name, override in overrides.items():
+        if isinstance(override, SourceSettings):
+            override = override.model_dump(exclude_unset=True)
+        if isinstance(override, Mapping):
+            merged[name] = {**merged.get(name, {}), **override}
+        else:
+            merged[name] = override
+    return merged
 
 
 class PinnedItem(BaseModel):

@@ -102,3 +102,28 @@ def test_schema_command_prints_the_committed_schema() -> None:
     )
     committed = Path(__file__).parents[2] / "streams" / "event_schema.json"
     assert json.loads(result.stdout) == json.loads(committed.read_text())
+
+
+def test_one_source_switched_off_by_environment_leaves_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = Settings().funnel.sources
+    monkeypatch.setenv("STREAMREC_FUNNEL__SOURCES__POPULAR__ENABLED", "false")
+    monkeypatch.setenv("STREAMREC_FUNNEL__SOURCES__COVISITATION__K", "80")
+    sources = load_settings().funnel.sources
+    assert set(sources) == set(defaults)
+    assert not sources["popular"].enabled
+    assert sources["popular"].k == defaults["popular"].k
+    assert (sources["covisitation"].k, sources["covisitation"].enabled) == (80, True)
+    assert sources["trending"] == defaults["trending"]
+
+
+def test_source_overrides_in_a_file_merge_over_the_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "streamrec.toml"
+    config.write_text(
+        "[funnel.sources.fresh]\nbudget_ms = 5.0\n[funnel.sources.similar_item]\nk = 7\n"
+    )
+    sources = load_settings(config).funnel.sources
+    assert sources["fresh"].budget_ms == 5.0 and sources["fresh"].k == 30
+    assert sources["similar_item"].k == 7
+    assert {"session_ann", "user_ann", "covisitation", "trending", "popular"} <= set(sources)
