@@ -2,8 +2,8 @@
 
 The small sample of the Open Bandit Dataset (ZOZO Research; Saito et al., NeurIPS 2021
 Datasets track; Apache-2.0) ships inside the ``obp`` 0.4.1 wheel on PyPI. We fetch that wheel
-with pip, check its SHA-256, and read its files with :mod:`zipfile`; obp itself is never
-imported (it breaks on current numpy and pandas).
+with pip and check its SHA-256 (:mod:`streamrec.evaluation.wheels`), and read its files with
+:mod:`zipfile`; obp itself is never imported (it breaks on current numpy and pandas).
 
 Two logging policies ran on the same ZOZOTOWN fashion-item slots in the same week: uniform
 *random* and *Bernoulli Thompson sampling* (BTS). Each CSV row is one (impression, position)
@@ -20,15 +20,8 @@ SNIPS and DR, and compare with the click-rate BTS actually achieved in its own l
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from features.errors import StreamrecError
 from streamrec.evaluation.ope import (
     FloatArray,
     IntArray,
@@ -45,6 +37,8 @@ from streamrec.evaluation.ope import (
     estimate,
     weight_diagnostics,
 )
+from streamrec.evaluation.wheels import PyPIUnreachableError as PyPIUnreachableError
+from streamrec.evaluation.wheels import WheelFetchError, fetch_pinned_wheel
 
 OBP_VERSION = "0.4.1"
 WHEEL_NAME = f"obp-{OBP_VERSION}-py3-none-any.whl"
@@ -54,53 +48,28 @@ DEFAULT_CACHE_DIR = Path(".streamrec/cache/obp")
 PRIOR_MEMBER = "obp/policy/conf/prior_bts.yaml"
 #: Slots per impression in ZOZOTOWN's recommendation widget.
 LEN_LIST = 3
-_PYPI_PROBE = "https://pypi.org/simple/obp/"
 
 
-class ObdError(StreamrecError):
+class ObdError(WheelFetchError):
     """The Open Bandit Dataset could not be fetched or read."""
 
 
-class PyPIUnreachableError(ObdError):
-    """pip could not download the obp wheel because PyPI cannot be reached."""
+class ObdUnreachableError(ObdError, PyPIUnreachableError):
+    """The obp wheel cannot be downloaded because PyPI cannot be reached."""
 
 
 def fetch_wheel(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
-    """The obp wheel, downloaded once by pip into ``cache_dir`` and checked by SHA-256."""
-    wheel = cache_dir / WHEEL_NAME
-    if wheel.is_file() and _sha256(wheel) == WHEEL_SHA256:
-        return wheel
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        command += ["--disable-pip-version-check", "--no-input", "--retries", "1"]
-        command += ["--timeout", "20", "-d", tmp, f"obp=={OBP_VERSION}"]
-        # A fixed argument list, no shell; the interpreter is our own.
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)  # noqa: S603
-        if done.returncode != 0:
-            said = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            reason = _pypi_unreachable()
-            if reason is not None:
-                raise PyPIUnreachableError(f"{reason}; pip said: {said}")
-            raise ObdError(f"pip download obp=={OBP_VERSION} failed: {said}")
-        downloaded = Path(tmp) / WHEEL_NAME
-        if not downloaded.is_file() or _sha256(downloaded) != WHEEL_SHA256:
-            raise ObdError(f"pip did not produce {WHEEL_NAME} with SHA-256 {WHEEL_SHA256}")
-        shutil.move(downloaded, wheel)
-    return wheel
+    """The obp wheel, downloaded once by pip into ``cache_dir`` and checked by SHA-256.
 
-
-def _pypi_unreachable() -> str | None:
-    """Why PyPI cannot be reached (urllib honours the proxy variables, as pip does), or None."""
+    Every failure is an :class:`ObdError`; an unreachable PyPI is also a
+    :class:`PyPIUnreachableError`.
+    """
     try:
-        with urllib.request.urlopen(_PYPI_PROBE, timeout=15):  # noqa: S310 - a fixed https URL
-            return None
-    except (urllib.error.URLError, OSError) as exc:
-        return f"{_PYPI_PROBE} unreachable ({exc})"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        return fetch_pinned_wheel("obp", OBP_VERSION, WHEEL_NAME, WHEEL_SHA256, cache_dir)
+    except PyPIUnreachableError as exc:
+        raise ObdUnreachableError(str(exc)) from None
+    except WheelFetchError as exc:
+        raise ObdError(str(exc)) from None
 
 
 def parse_prior(text: str) -> dict[str, dict[str, list[float]]]:
