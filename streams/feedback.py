@@ -31,7 +31,7 @@ from features.attribution import (
 from features.bandit import Outcome, SourceBandit
 from features.batch import WriteBatch
 from features.keys import Keys
-from features.ranker import OnlineRanker, RankerStore, RankerWeights
+from features.ranker import OnlineRanker, RankerStore, RankerWeights, preference_pairs
 from features.settings import LearningSettings
 from streams.processors import BatchReads, EventBatch
 from streams.schema import Impression, Interaction
@@ -276,23 +276,25 @@ class FeedbackProcessor:
     def _learn(
         self, partition: int, examples: list[Labelled], reads: BatchReads, batch: WriteBatch
     ) -> None:
-        """Teach the partition's ranker part the examples that carry features."""
-        usable = [(x.features, x.clicked) for x in examples if x.features is not None]
-        if not usable:
+        """Teach the partition's ranker part the preference pairs of the closed feeds."""
+        pairs = preference_pairs(
+            [(x.request_id, x.position, x.clicked, x.features) for x in examples]
+        )
+        if not pairs:
             return
         part = ranker_part(partition)
         parts = reads.read(lambda: self.rankers.load_parts(reads.store))
         ranker = OnlineRanker.restore(
-            parts.get(part, RankerWeights.empty()),
+            parts.get(part, RankerWeights.prior()),
             learning_rate=self.settings.ranker_learning_rate,
             l2=self.settings.ranker_l2,
         )
-        for features, clicked in usable:
+        for preferred, other in pairs:
             try:
-                ranker.learn(features, clicked)
+                ranker.learn_pair(preferred, other)
             except ValueError:
-                # A feature no float can carry: one example lost, never the worker.
-                log.warning("ranker example with a non-finite feature skipped")
+                # A feature no float can carry: one pair lost, never the worker.
+                log.warning("ranker pair with a non-finite feature skipped")
         weights = ranker.export()
         self.rankers.save(batch, part, weights)
-        self.stats.examples += len(usable)
+        self.stats.examples += len(pairs)

@@ -30,6 +30,16 @@ def _rank_key(item: tuple[str, float]) -> tuple[float, bytes]:
     return (item[1], item[0].encode())
 
 
+def _descending(member: str) -> tuple[int, ...]:
+    """A key that sorts members in *descending* byte order (a proper prefix after its
+    extensions, as in ``b"ab" > b"a"``), for the ascending max-heap of :meth:`top`."""
+    return (*(255 - b for b in member.encode()), 256)
+
+
+#: Sorted sets up to this size are sorted whole on read; larger ones keep a lazy max-heap.
+_SMALL_ZSET = 256
+
+
 class InMemoryStore:
     """A thread-safe dict-backed :class:`features.store.Store`.
 
@@ -52,6 +62,10 @@ class InMemoryStore:
         # Min-heaps of (score, member bytes, member) for keys read with lowest(): entries go
         # stale when a member is removed or rescored and are skipped when met.
         self._low: dict[str, list[tuple[float, bytes, str]]] = {}
+        # Max-heaps of (−score, descending member key, member) for large keys read with
+        # top(), stale entries skipped the same way: the popularity and trending sets are
+        # read on every feed and written on every batch.
+        self._high: dict[str, list[tuple[float, tuple[int, ...], str]]] = {}
 
     def commit(self, batch: WriteBatch) -> None:
         """Apply the batch under one lock, so readers never see half of it."""
@@ -96,12 +110,14 @@ class InMemoryStore:
                     best = sorted(zset.items(), key=_rank_key, reverse=True)[: max(keep, 0)]
                     self._zsets[key] = dict(best)
                     self._low.pop(key, None)
+                    self._high.pop(key, None)
             case ZScale(key, factor):
                 zset = self._live_zset(key)
                 if zset is not None:
                     for member in zset:
                         zset[member] *= factor
                     self._low.pop(key, None)
+                    self._high.pop(key, None)
             case HSet(key, fields):
                 self._expire_if_due(key)
                 self._hashes.setdefault(key, {}).update(fields)
@@ -135,9 +151,14 @@ class InMemoryStore:
         if heap is not None:
             for member in members:
                 heapq.heappush(heap, (zset[member], member.encode(), member))
+        high = self._high.get(key)
+        if high is not None:
+            for member in members:
+                heapq.heappush(high, (-zset[member], _descending(member), member))
 
     def _delete(self, key: str) -> None:
         self._low.pop(key, None)
+        self._high.pop(key, None)
         self._zsets.pop(key, None)
         self._hashes.pop(key, None)
         self._values.pop(key, None)
@@ -159,9 +180,26 @@ class InMemoryStore:
             zset = self._live_zset(key)
             if not zset or k <= 0:
                 return []
-            if k < len(zset) // 4:
-                return heapq.nlargest(k, zset.items(), key=_rank_key)
-            return sorted(zset.items(), key=_rank_key, reverse=True)[:k]
+            if len(zset) <= _SMALL_ZSET or k >= len(zset) // 4:
+                return sorted(zset.items(), key=_rank_key, reverse=True)[:k]
+            heap = self._high.get(key)
+            if heap is None or len(heap) > 2 * len(zset) + 64:
+                heap = self._high[key] = [(-sc, _descending(m), m) for m, sc in zset.items()]
+                heapq.heapify(heap)
+            rows: list[tuple[str, float]] = []
+            kept: list[tuple[float, tuple[int, ...], str]] = []
+            taken: set[str] = set()
+            while heap and len(rows) < k:
+                entry = heapq.heappop(heap)
+                negative, _, member = entry
+                if zset.get(member) != -negative or member in taken:
+                    continue  # stale: removed or rescored since it was pushed
+                kept.append(entry)
+                taken.add(member)
+                rows.append((member, -negative))
+            for entry in kept:
+                heapq.heappush(heap, entry)
+            return rows
 
     def lowest(self, key: str, max_score: float, limit: int) -> list[tuple[str, float]]:
         """Members scored at most ``max_score``, ordered as ZRANGEBYSCORE orders them.

@@ -35,6 +35,8 @@ class Candidate:
     item_id: str
     sources: dict[str, float] = field(default_factory=dict)
     meta: ItemMeta | None = None
+    # 0-based rank of the item in each source that proposed it.
+    ranks: dict[str, int] = field(default_factory=dict)
     score: float = 0.0
     features: np.ndarray | None = None
     vector: np.ndarray | None = None  # unit embedding from the replica, when it has one
@@ -86,6 +88,8 @@ class FeedContext:
     interests: list[str] = field(default_factory=list)  # categories, strongest first
     interest_shares: dict[str, float] = field(default_factory=dict)
     counts: dict[str, tuple[float, float]] = field(default_factory=dict)  # trending counts
+    # Each source's weight in the cold blend: its posterior click-rate in this segment.
+    source_weights: dict[str, float] = field(default_factory=dict)
 
 
 def segment_of(user: UserState, device: str | None, devices: list[str]) -> str:

@@ -60,7 +60,12 @@ class Funnel:
     """Serves feeds from live state."""
 
     def __init__(
-        self, live: LiveReader, settings: FunnelSettings, learning: LearningSettings
+        self,
+        live: LiveReader,
+        settings: FunnelSettings,
+        learning: LearningSettings,
+        *,
+        concurrent: bool = True,
     ) -> None:
         self.live = live
         self.settings = settings
@@ -78,11 +83,15 @@ class Funnel:
         self.slates = SlateBuilder(
             settings, draws=learning.bandit_draws, floor=learning.bandit_floor
         )
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="source")
+        # A replay runs without time budgets, so it runs every source in the request's thread.
+        self._pool = (
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="source") if concurrent else None
+        )
 
     def close(self) -> None:
         """Stop the source threads."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def feed(self, request: FeedRequest) -> FeedResult:
         """The user's feed; degraded (last good trending) when live state is unreachable."""
@@ -153,17 +162,13 @@ class Funnel:
         ctx.counts = state.counts
         watch.lap("filtering")
 
+        prior = self.live.bandit.prior
+        posteriors = self.live.posteriors(ctx.segment, request.now_s) if settings.learn_mix else {}
+        ctx.source_weights = {s: posteriors.get(s, prior).mean for s in self.sources}
         version = self.scorer.score(ctx, candidates)
         watch.lap("scoring")
 
-        slots = self.slates.build(
-            ctx,
-            candidates,
-            request.k,
-            self.live.posteriors(ctx.segment, request.now_s),
-            self.live.bandit.prior,
-            pinned,
-        )
+        slots = self.slates.build(ctx, candidates, request.k, posteriors, prior, pinned)
         watch.lap("ordering")
         trace.stages_ms["total"] = sum(trace.stages_ms.values())
         return FeedResult(
@@ -190,12 +195,13 @@ class Funnel:
             finally:
                 timings[source.name] = (time.perf_counter() - t0) * 1000.0
 
+        pool = self._pool
         for name, source in self.sources.items():
-            if not source.local:
-                futures[name] = self._pool.submit(run, source, self.settings.sources[name].k)
+            if not source.local and pool is not None:
+                futures[name] = pool.submit(run, source, self.settings.sources[name].k)
         out: dict[str, Ranked] = {}
         for name, source in self.sources.items():
-            if source.local:
+            if source.local or pool is None:
                 out[name] = self._guarded(
                     ctx, name, partial(run, source, self.settings.sources[name].k)
                 )
@@ -228,11 +234,12 @@ class Funnel:
         """One candidate per item, remembering every source that proposed it."""
         merged: dict[str, Candidate] = {}
         for name in sorted(by_source):
-            for item, score in by_source[name]:
+            for rank, (item, score) in enumerate(by_source[name]):
                 candidate = merged.get(item)
                 if candidate is None:
                     candidate = merged[item] = Candidate(item)
                 candidate.sources[name] = score
+                candidate.ranks[name] = rank
         metas = self.live.metas(list(merged))
         for candidate, meta in zip(merged.values(), metas, strict=True):
             candidate.meta = meta

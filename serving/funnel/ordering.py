@@ -1,10 +1,16 @@
-"""Ordering: the slate, slot by slot.
+"""Ordering: the slate, slot by slot, from one blended score.
 
 Each slot is, in order of precedence: a pinned item; an exploration slot (the freshest new
-item not yet placed); or the bandit's pick: Thompson sampling over the sources that still
-have candidates, then that source's best remaining candidate by MMR (score, boosted for
-freshness, against similarity to what is already placed), within the per-creator and
-per-category caps. Every slot logs the probability with which its source was chosen.
+item not yet placed); or the policy's pick. The policy is a mixture with exact per-slot
+propensities over sources: with probability ``1 − explore_share`` it takes the blended
+ranking's best remaining candidate by MMR (score, boosted for freshness, against similarity
+to what is already placed) and credits that candidate's primary source (the one that ranked
+it highest); with ``explore_share`` it runs Thompson sampling over the sources that still
+have candidates and takes the drawn source's best remaining candidate. So a slot's source
+distribution is ``(1 − ε)·[s = primary] + ε·thompson(s)``, logged whole with every slot:
+the list is never worse than the blend's, and the bandit's posteriors, which also weigh the
+sources in the cold blend, follow the clicks. Every choice respects the per-creator and
+per-category caps.
 """
 
 from __future__ import annotations
@@ -34,6 +40,20 @@ class Slot:
     # The whole distribution the source was drawn from (bandit slots only): what off-policy
     # evaluation needs to ask how another policy would have chosen.
     probabilities: Mapping[str, float] | None = None
+
+
+def primary_source(candidate: Candidate, live: list[str]) -> str:
+    """The source among ``live`` that ranked ``candidate`` highest (ties by name).
+
+    Examples:
+        >>> c = Candidate("i", {"a": 0.2, "b": 0.9, "c": 1.0}, ranks={"a": 3, "b": 1, "c": 1})
+        >>> primary_source(c, ["a", "b", "c"]), primary_source(c, ["a"])
+        ('b', 'a')
+    """
+    found = [s for s in live if s in candidate.ranks]
+    if not found:
+        return min(live)
+    return min(found, key=lambda s: (candidate.ranks[s], s))
 
 
 class SlateBuilder:
@@ -76,6 +96,9 @@ class SlateBuilder:
         # Index of each source's first candidate that may still be placed: a placed or
         # capped candidate never becomes placeable again, so heads only move forward.
         heads = dict.fromkeys(by_source, 0)
+        ordered = sorted(candidates, key=lambda c: (-value[c.item_id], c.item_id))
+        head = 0  # the blended list's first candidate that may still be placed
+        explore = self.settings.explore_share if self.settings.learn_mix else 0.0
         while len(slots) < k:
             slot = self._fixed(len(slots), young, placed, pinned, creators, categories)
             if slot is None:
@@ -83,11 +106,11 @@ class SlateBuilder:
                 # caps and placements only tighten, so one that cannot never will again.
                 live: list[str] = []
                 for source in list(by_source):
-                    head = self._advance(
+                    at = self._advance(
                         by_source[source], heads[source], placed, creators, categories, capped
                     )
-                    if head < len(by_source[source]):
-                        heads[source] = head
+                    if at < len(by_source[source]):
+                        heads[source] = at
                         live.append(source)
                     else:
                         del by_source[source]
@@ -104,20 +127,24 @@ class SlateBuilder:
                     slots.append(slot)
                     placed.add(slot.candidate.item_id)
                     continue
-                names = tuple(sorted(live))
-                probs = estimates.get(names)
-                if probs is None:
-                    probs = estimates[names] = source_probabilities(
-                        posteriors, names, ctx.rng, draws=self.draws, floor=self.floor, prior=prior
-                    )
+                head = self._advance(ordered, head, placed, creators, categories, capped)
+                best = self._mmr(
+                    self._pool(ordered[head:], placed, creators, categories, capped),
+                    value,
+                    vectors,
+                    chosen_vectors,
+                )
+                primary = primary_source(best, live)
+                probs = self._mixture(ctx, posteriors, prior, live, primary, explore, estimates)
                 source, propensity = choose_source(probs, ctx.rng)
                 if "first_slot_probabilities" not in ctx.trace.ordering:
                     ctx.trace.ordering["first_slot_probabilities"] = probs
-                pool = self._pool(
-                    by_source[source][heads[source] :], placed, creators, categories, capped
-                )
-                pick = self._mmr(pool, value, vectors, chosen_vectors)
-                slot = Slot(pick, source, propensity, probs)
+                if source != primary:
+                    pool = self._pool(
+                        by_source[source][heads[source] :], placed, creators, categories, capped
+                    )
+                    best = self._mmr(pool, value, vectors, chosen_vectors)
+                slot = Slot(best, source, propensity, probs)
             slots.append(slot)
             placed.add(slot.candidate.item_id)
             meta = slot.candidate.meta
@@ -132,6 +159,32 @@ class SlateBuilder:
             {"segment": ctx.segment, "slots": len(slots), "skipped_by_caps": len(capped)}
         )
         return slots
+
+    def _mixture(
+        self,
+        ctx: FeedContext,
+        posteriors: Mapping[str, Posterior],
+        prior: Posterior,
+        live: list[str],
+        primary: str,
+        explore: float,
+        estimates: dict[tuple[str, ...], dict[str, float]],
+    ) -> dict[str, float]:
+        """The slot's source distribution: the blend's pick credited to ``primary`` with
+        ``1 − explore``, Thompson sampling over ``live`` with ``explore``."""
+        names = tuple(sorted(live))
+        thompson = estimates.get(names)
+        if thompson is None:
+            thompson = estimates[names] = (
+                source_probabilities(
+                    posteriors, names, ctx.rng, draws=self.draws, floor=self.floor, prior=prior
+                )
+                if explore > 0
+                else dict.fromkeys(names, 0.0)
+            )
+        probs = {s: explore * p for s, p in thompson.items()}
+        probs[primary] += 1.0 - explore
+        return probs
 
     def _fixed(
         self,

@@ -25,12 +25,54 @@ BASE_FEATURES = (
     "covis_score",
     "log_age_hours",
     "category_affinity",
+    "blend",
 )
 
 
+#: Rank offset of the reciprocal-rank features: a source's first candidate scores 1/RANK_OFFSET
+#: and its tenth 1/(9 + RANK_OFFSET), so the head of each source leads without drowning the
+#: rest (reciprocal rank fusion; Cormack, Clarke & Büttcher 2009 use a larger offset for
+#: fusing many deep lists).
+RANK_OFFSET = 2.0
+#: Weight of the base heuristic (similarity, popularity, ...) beside the fused source ranks
+#: in the cold blend: it breaks ties between candidates the sources rank alike.
+BASE_WEIGHT = 0.05
+
+
 def feature_names(sources: Sequence[str]) -> list[str]:
-    """Column names: one indicator per source, then the base features."""
-    return [f"source:{s}" for s in sources] + list(BASE_FEATURES)
+    """Column names: an indicator and a reciprocal rank per source, then the base features."""
+    return [f"source:{s}" for s in sources] + [f"rank:{s}" for s in sources] + list(BASE_FEATURES)
+
+
+def reciprocal_ranks(ranks: Sequence[int | None]) -> np.ndarray:
+    """``RANK_OFFSET / (rank + RANK_OFFSET)`` per 0-based rank, 0 where a source did not
+    propose the item (1 for a source's best candidate).
+
+    Examples:
+        >>> reciprocal_ranks([0, 2, None]).tolist()
+        [1.0, 0.5, 0.0]
+    """
+    return np.array(
+        [0.0 if r is None else RANK_OFFSET / (r + RANK_OFFSET) for r in ranks], np.float32
+    )
+
+
+def cold_blend(
+    rank_features: np.ndarray, source_weights: Sequence[float], base: np.ndarray
+) -> np.ndarray:
+    """The cold ranking: each source's reciprocal ranks weighted by that source's posterior
+    click-rate (so the mix follows what users clicked), summed, plus a small share of the
+    base heuristic.
+
+    Examples:
+        >>> ranks = np.array([[1.0, 0.0], [0.5, 1.0]])  # two candidates, two sources
+        >>> cold_blend(ranks, [0.1, 0.04], np.zeros(2)).round(3).tolist()
+        [1.0, 0.9]
+    """
+    weights = np.asarray(source_weights, np.float64)
+    top = weights.max() if weights.size else 0.0
+    scaled = weights / top if top > 0 else np.ones_like(weights)
+    return np.asarray(rank_features @ scaled + BASE_WEIGHT * base, np.float64)
 
 
 class Scorer:
@@ -51,9 +93,11 @@ class Scorer:
         if not n:
             return x
         ids = [c.item_id for c in candidates]
+        width = len(self.sources)
         for j, source in enumerate(self.sources):
             x[:, j] = [source in c.sources for c in candidates]
-        base = len(self.sources)
+            x[:, width + j] = reciprocal_ranks([c.ranks.get(source) for c in candidates])
+        base = 2 * width
         col = {name: base + i for i, name in enumerate(BASE_FEATURES)}
         x[:, col["n_sources"]] = [len(c.sources) for c in candidates]
         index = self.live.index
@@ -87,6 +131,13 @@ class Scorer:
             shares.get(c.meta.category, 0.0) if c.meta is not None and c.meta.category else 0.0
             for c in candidates
         ]
+        width = len(self.sources)
+        weights = [ctx.source_weights.get(s, 0.0) for s in self.sources]
+        # The cold ranking is itself a feature: the learned ranker starts from it
+        # (features.ranker.PRIOR_WEIGHTS) and learns corrections on top.
+        x[:, col["blend"]] = cold_blend(
+            x[:, width : 2 * width], weights, heuristic_scores(self.columns, x)
+        )
         return x
 
     def score(self, ctx: FeedContext, candidates: list[Candidate]) -> str:
@@ -99,7 +150,7 @@ class Scorer:
             version = f"ranker@{weights.examples}"
             ctx.trace.scorer = {"model": "ranker", "examples": weights.examples}
         else:
-            scores = heuristic_scores(self.columns, x)
+            scores = x[:, self.columns.index("blend")].astype(np.float64)
             version = "heuristic"
             ctx.trace.scorer = {"model": "heuristic", "examples": weights.examples}
         for n, candidate in enumerate(candidates):

