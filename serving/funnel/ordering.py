@@ -50,10 +50,8 @@ def primary_source(candidate: Candidate, live: list[str]) -> str:
         >>> primary_source(c, ["a", "b", "c"]), primary_source(c, ["a"])
         ('b', 'a')
     """
-    found = [s for s in live if s in candidate.ranks]
-    if not found:
-        return min(live)
-    return min(found, key=lambda s: (candidate.ranks[s], s))
+    found = [s for s in live if s in candidate.sources] or live
+    return min(found, key=lambda s: (candidate.ranks.get(s, len(candidate.ranks)), s))
 
 
 class SlateBuilder:

@@ -512,12 +512,18 @@ def scored(world: World, ctx: FeedContext, scorer: Scorer) -> dict[str, Candidat
     return {c.item_id: c for c in candidates}
 
 
-def test_features_have_one_column_per_source_then_the_base_features(
+def test_features_have_an_indicator_and_a_rank_per_source_then_the_base_features(
     vector_world: World,
 ) -> None:
     sources = ["session_ann", "trending"]
     scorer = Scorer(vector_world.live, sources, LEARNING.ranker_min_examples)
-    assert scorer.columns == ["source:session_ann", "source:trending", *BASE_FEATURES]
+    assert scorer.columns == [
+        "source:session_ann",
+        "source:trending",
+        "rank:session_ann",
+        "rank:trending",
+        *BASE_FEATURES,
+    ]
     ctx = vector_world.context()
     by_id = scored(vector_world, ctx, scorer)
     col = {name: n for n, name in enumerate(scorer.columns)}
@@ -526,6 +532,8 @@ def test_features_have_one_column_per_source_then_the_base_features(
     assert c.shape == e.shape == (len(scorer.columns),)
     assert (c[col["source:session_ann"]], c[col["source:trending"]]) == (1.0, 0.0)
     assert (e[col["source:session_ann"]], e[col["source:trending"]]) == (0.0, 1.0)
+    # No source ranked these hand-made candidates: every reciprocal rank is 0.
+    assert c[col["rank:session_ann"]] == c[col["rank:trending"]] == 0.0
     # The user touched one news and one sport item: each category has half their interest.
     assert c[col["category_affinity"]] == pytest.approx(0.5)
     assert c[col["log_age_hours"]] == pytest.approx(np.log1p(30 * 24), rel=1e-4)
@@ -727,7 +735,9 @@ def test_no_item_is_placed_twice() -> None:
 
 
 def test_logged_propensities_are_the_probabilities_the_slot_was_drawn_from() -> None:
-    slots, ctx = ordered(THREE_SOURCES, 15, slate_settings(), posteriors=MIXED_POSTERIORS)
+    # All exploration: every slot is Thompson's draw over the sources.
+    settings = slate_settings(explore_share=1.0)
+    slots, ctx = ordered(THREE_SOURCES, 15, settings, posteriors=MIXED_POSTERIORS)
     probs = ctx.trace.ordering["first_slot_probabilities"]
     assert set(probs) == {"A", "B", "C"}
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-9)
@@ -741,7 +751,7 @@ def test_logged_propensities_are_the_probabilities_the_slot_was_drawn_from() -> 
 
 
 def test_the_same_request_gets_the_same_slate_and_another_may_not() -> None:
-    settings = slate_settings()
+    settings = slate_settings(explore_share=0.5)
     first, _ = ordered(THREE_SOURCES, 10, settings, request_id="same")
     again, _ = ordered(THREE_SOURCES, 10, settings, request_id="same")
     assert summary(first) == summary(again)
@@ -749,17 +759,44 @@ def test_the_same_request_gets_the_same_slate_and_another_may_not() -> None:
         summary(ordered(THREE_SOURCES, 10, settings, request_id=f"other-{n}")[0]) for n in range(5)
     ]
     assert any(o != summary(first) for o in others)
-    reseeded, _ = ordered(THREE_SOURCES, 10, slate_settings(seed=7), request_id="same")
+    reseeded, _ = ordered(
+        THREE_SOURCES, 10, slate_settings(seed=7, explore_share=0.5), request_id="same"
+    )
     assert [s.source for s in reseeded] != [s.source for s in first]
 
 
 @pytest.mark.parametrize("winner", ["A", "B"])
-def test_a_source_with_a_much_better_posterior_fills_most_slots(winner: str) -> None:
+def test_a_source_with_a_much_better_posterior_fills_most_explored_slots(winner: str) -> None:
     posteriors = {winner: Posterior(alpha=200.0, beta=50.0, shown=250.0, rewards=200.0)}
-    slots, ctx = ordered(THREE_SOURCES, 20, slate_settings(), posteriors=posteriors)
+    settings = slate_settings(explore_share=1.0)
+    slots, ctx = ordered(THREE_SOURCES, 20, settings, posteriors=posteriors)
     shares = Counter(s.source for s in slots)
     assert shares[winner] >= 16
     assert ctx.trace.ordering["first_slot_probabilities"][winner] > 0.9
+
+
+def test_without_exploration_the_slate_is_the_blended_order_whatever_the_posteriors() -> None:
+    mixed = pool("A", 10, top=1.0) + pool("B", 10, prefix="b", top=0.95)
+    posteriors = {"B": Posterior(alpha=200.0, beta=50.0, shown=250.0, rewards=200.0)}
+    settings = slate_settings(explore_share=0.0, mmr_lambda=1.0, freshness_boost=0.0)
+    slots, _ = ordered(mixed, 12, settings, posteriors=posteriors)
+    best = sorted(mixed, key=lambda c: (-c.score, c.item_id))[:12]
+    assert [s.candidate.item_id for s in slots] == [c.item_id for c in best]
+    assert all(s.propensity == 1.0 and s.source in s.candidate.sources for s in slots)
+
+
+def test_each_slot_logs_the_mixture_it_was_drawn_from() -> None:
+    explore = 0.2
+    settings = slate_settings(explore_share=explore)
+    slots, _ = ordered(THREE_SOURCES, 15, settings, posteriors=MIXED_POSTERIORS)
+    for slot in slots:
+        probs = slot.probabilities
+        assert probs is not None and set(probs) == {"A", "B", "C"}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-9)
+        assert slot.propensity == probs[slot.source]
+        # One source carries the blend's pick: at least 1 - explore of the mass.
+        assert max(probs.values()) >= 1.0 - explore
+        assert min(probs.values()) >= explore * LEARNING.bandit_floor / 3 - 1e-12
 
 
 @pytest.mark.parametrize(
