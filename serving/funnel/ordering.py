@@ -4,10 +4,11 @@ Each slot is, in order of precedence: a pinned item; an exploration slot (the fr
 item not yet placed); or the policy's pick. The policy is a mixture with exact per-slot
 propensities over sources: with probability ``1 − explore_share`` it takes the blended
 ranking's best remaining candidate by MMR (score, boosted for freshness, against similarity
-to what is already placed) and credits that candidate's primary source (the one that ranked
-it highest); with ``explore_share`` it runs Thompson sampling over the sources that still
-have candidates and takes the drawn source's best remaining candidate. So a slot's source
-distribution is ``(1 − ε)·[s = primary] + ε·thompson(s)``, logged whole with every slot:
+to what is already placed) and credits that candidate's primary source (the one whose
+weighted reciprocal rank contributed most to its blend); with ``explore_share`` it runs
+Thompson sampling over the sources that still have candidates and takes the drawn source's
+best remaining candidate. So a slot's source distribution is
+``(1 − ε)·[s = primary] + ε·thompson(s)``, logged whole with every slot:
 the list is never worse than the blend's, and the bandit's posteriors, which also weigh the
 sources in the cold blend, follow the clicks. Every choice respects the per-creator and
 per-category caps.
@@ -25,6 +26,7 @@ import numpy as np
 from features.bandit import Posterior, choose_source, source_probabilities
 from serving.funnel.context import Candidate, FeedContext
 from serving.funnel.live import age_hours
+from serving.funnel.scoring import RANK_OFFSET
 from serving.funnel.settings import FunnelSettings
 
 PINNED, EXPLORE = "pinned", "explore"
@@ -42,16 +44,30 @@ class Slot:
     probabilities: Mapping[str, float] | None = None
 
 
-def primary_source(candidate: Candidate, live: list[str]) -> str:
-    """The source among ``live`` that ranked ``candidate`` highest (ties by name).
+def primary_source(
+    candidate: Candidate, live: list[str], weights: Mapping[str, float] | None = None
+) -> str:
+    """The source among ``live`` that contributed most to ``candidate``'s blend: its weight
+    (the bandit's posterior click-rate) over its rank, so credit follows what the blend
+    weighed rather than whichever source also happened to list the item first; equal weights
+    make it the source that ranked it highest (ties by name).
 
     Examples:
         >>> c = Candidate("i", {"a": 0.2, "b": 0.9, "c": 1.0}, ranks={"a": 3, "b": 1, "c": 1})
         >>> primary_source(c, ["a", "b", "c"]), primary_source(c, ["a"])
         ('b', 'a')
+        >>> primary_source(c, ["a", "b", "c"], {"a": 0.4, "b": 0.05, "c": 0.05})
+        'a'
     """
     found = [s for s in live if s in candidate.sources] or live
-    return min(found, key=lambda s: (candidate.ranks.get(s, len(candidate.ranks)), s))
+    weights = weights or {}
+    missing = len(candidate.ranks)
+
+    def contribution(source: str) -> tuple[float, str]:
+        rank = candidate.ranks.get(source, missing)
+        return (-weights.get(source, 1.0) / (rank + RANK_OFFSET), source)
+
+    return min(found, key=contribution)
 
 
 class SlateBuilder:
@@ -132,7 +148,7 @@ class SlateBuilder:
                     vectors,
                     chosen_vectors,
                 )
-                primary = primary_source(best, live)
+                primary = primary_source(best, live, ctx.source_weights)
                 probs = self._mixture(ctx, posteriors, prior, live, primary, explore, estimates)
                 source, propensity = choose_source(probs, ctx.rng)
                 if "first_slot_probabilities" not in ctx.trace.ordering:

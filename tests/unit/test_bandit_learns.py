@@ -230,8 +230,8 @@ def test_the_bandit_moves_slots_to_the_source_users_start_clicking(
     after the change, fresh fills more than twice its phase-1 share (and over 60%) of the
     slots of a 50-feed window; by the end of 300 feeds it fills over 60% of them and its
     posterior mean is more than 3x any other source's. (With the default 10% exploration the
-    posteriors move the blend's source weights, and the ranker follows its pairs; seed 7
-    reached the bound after 280 feeds, the attribution window alone delays learning by 30.)"""
+    posteriors move the blend's source weights, which also decide the credited source; seed 7
+    reached the bound after 100 feeds, the attribution window alone delays learning by 30.)"""
     loop = make_loop(seed=7)
     base = {s: BASE_RATE for s in SOURCES}
     phase1 = loop.run(300, base)
