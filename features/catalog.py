@@ -9,6 +9,15 @@ from features.batch import WriteBatch
 from features.keys import Keys
 from features.store import Store
 
+#: Where an item's stored vector comes from, as its catalog record says (field ``vector``).
+#: Its own content (an embedding the item event carried, or text the catalog does not hold):
+#: learned embeddings never replace it.
+VECTOR_CONTENT = "content"
+#: Learned from behaviour (:mod:`features.collab_online`): the next refresh may replace it.
+VECTOR_LEARNED = "learned"
+#: Nothing, or a hash of the category and creator alone: a learned vector may replace it.
+VECTOR_NONE = ""
+
 
 @dataclass(frozen=True, slots=True)
 class ItemMeta:
@@ -60,8 +69,10 @@ class Catalog:
         available: bool,
         created_at_ms: int,
         ts_ms: int,
+        vector: str = VECTOR_NONE,
     ) -> None:
-        """Queue the item's record and its place in the fresh-items index."""
+        """Queue the item's record and its place in the fresh-items index; ``vector`` says
+        where the item's vector comes from (:data:`VECTOR_CONTENT` and the others)."""
         batch.hset(
             self.keys.item(item_id),
             {
@@ -71,12 +82,18 @@ class Catalog:
                 "created_at": str(created_at_ms),
                 "updated_at": str(ts_ms),
                 "stub": "0",
+                "vector": vector,
             },
         )
         if available:
             batch.zadd(self.keys.items_by_time(), {item_id: float(created_at_ms)})
         else:
             batch.zrem(self.keys.items_by_time(), [item_id])
+
+    def set_vector_source(self, batch: WriteBatch, item_id: str, vector: str) -> None:
+        """Queue a change of only where the item's vector comes from; the rest of its
+        record (a stub's included) stays as it is."""
+        batch.hset(self.keys.item(item_id), {"vector": vector})
 
     def stub(self, batch: WriteBatch, item_id: str, *, ts_ms: int) -> None:
         """Queue a placeholder for an item seen in interactions before its item event.
@@ -124,3 +141,10 @@ class Catalog:
         """Each item's catalog meta; None for items never seen."""
         rows = store.hgetall_many([self.keys.item(i) for i in item_ids])
         return [ItemMeta.from_record(row) for row in rows]
+
+    def records_and_vectors(
+        self, store: Store, item_ids: Sequence[str]
+    ) -> list[tuple[ItemMeta | None, str]]:
+        """Each item's catalog meta and where its vector comes from (one batched read)."""
+        rows = store.hgetall_many([self.keys.item(i) for i in item_ids])
+        return [(ItemMeta.from_record(row), row.get("vector", VECTOR_NONE)) for row in rows]

@@ -154,3 +154,14 @@ class Covisitation:
             return []
         factor = read_factor(now_s, float(landmark), self.rate)
         return [(i, s * factor) for i, s in store.top(self.keys.covisitation(item_id), k)]
+
+    def neighbours_many(
+        self, store: Store, item_ids: Sequence[str], k: int, now_s: float
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`neighbours` of several items: one landmark read and one batched read."""
+        landmark = store.hgetall(self.keys.landmarks()).get(FAMILY)
+        if landmark is None or not item_ids:
+            return [[] for _ in item_ids]
+        factor = read_factor(now_s, float(landmark), self.rate)
+        rows = store.top_many([self.keys.covisitation(i) for i in item_ids], k)
+        return [[(i, s * factor) for i, s in row] for row in rows]

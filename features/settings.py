@@ -88,8 +88,19 @@ class LearningSettings(BaseModel):
     # propensity above zero for off-policy evaluation).
     bandit_floor: float = Field(0.05, ge=0.0, le=1.0)
     # SGD learning rate of the online ranker.
-    ranker_learning_rate: float = Field(0.05, gt=0, le=10.0)
+    ranker_learning_rate: float = Field(0.005, gt=0, le=10.0)
     # L2 penalty of the online ranker.
     ranker_l2: float = Field(1e-4, ge=0.0)
     # Below this many learned examples the feed ranks by the documented heuristic.
     ranker_min_examples: int = Field(500, ge=0)
+    # Seconds of event time between two refreshes of the item embeddings learned from
+    # co-visitation, published as item upserts (0: off).
+    embedding_refresh_s: float = Field(300.0, ge=0, le=30 * 86400)
+    # A replay (evaluate, the demo) also waits for this many new interactions between two
+    # refreshes: each one reads every item's co-visitation row.
+    embedding_refresh_min_events: int = Field(2000, ge=0)
+    # An item gets a learned embedding once it has co-visited this many distinct items.
+    embedding_min_neighbours: int = Field(3, ge=1, le=10_000)
+    # A refreshed vector is published again only when its cosine to the published one is
+    # below this (1.0: every refresh republishes every vector).
+    embedding_republish_cosine: float = Field(0.99, gt=0.0, le=1.0)

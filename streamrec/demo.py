@@ -21,6 +21,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
+from features.keys import Keys
 from features.stores.memory_store import InMemoryStore
 from serving.app import create_app
 from serving.feed import FeedService
@@ -30,6 +31,7 @@ from streamrec.settings import Settings
 from streamrec.wiring import build_worker, embedded_resources
 from streams.bus import InProcessBus
 from streams.click_model import PositionBasedModel
+from streams.embedding_refresh import EmbeddingRefresher, stream_time_ms
 from streams.schema import Event, Interaction
 from streams.simulator import SimulatorConfig, StreamSimulator
 
@@ -221,6 +223,14 @@ class EmbeddedSystem:
             self.bus,
             worker_id="embedded",
         )
+        # Item embeddings learned from co-visitation, for items that bring none of their own.
+        self.refresher = EmbeddingRefresher(
+            self.store,
+            Keys(self.settings.namespace),
+            self.settings.features,
+            self.settings.learning,
+            seed=self.seed,
+        )
         self.clients = FeedClients(self.simulator, self._feed, self.bus.send, seed=self.seed)
         self._service: FeedService | None = None
         # Held around every client feed, so the app never closes the funnel mid-request.
@@ -260,7 +270,7 @@ class EmbeddedSystem:
             self.bus.send(item)
         targets: list[tuple[Callable[[threading.Event], None], str]] = [
             (self._stream, "simulator"),
-            (self.worker.run, "worker"),
+            (self._work, "worker"),
         ]
         if self.feeds_per_s > 0:
             targets.append((lambda stop: self.clients.run(stop, self.feeds_per_s), "feeds"))
@@ -268,6 +278,31 @@ class EmbeddedSystem:
             thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _work(self, stop: threading.Event) -> None:
+        """The worker's loop; between batches, learned item embeddings are refreshed by
+        event time and their upserts put on the items topic, which the worker and the
+        replica then apply like any other item event."""
+        log.info("worker %s started", self.worker.worker_id)
+        try:
+            while not stop.is_set():
+                if self.worker.run_once(stop):
+                    self.refresh_embeddings()
+        finally:
+            self.worker.source.close()
+            log.info("worker %s stopped: %s", self.worker.worker_id, self.worker.stats)
+
+    def refresh_embeddings(self) -> int:
+        """Refresh learned item embeddings if due at the stream's event time; the upserts
+        sent."""
+        now_ms = stream_time_ms(
+            self.store, Keys(self.settings.namespace), self.settings.topics.interactions
+        )
+        applied = self.worker.stats.applied
+        upserts = self.refresher.maybe_refresh(now_ms, applied) if now_ms is not None else []
+        for item in upserts:
+            self.bus.send(item)
+        return len(upserts)
 
     def _stream(self, stop: threading.Event) -> None:
         tick_s = 0.1

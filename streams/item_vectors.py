@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from features.catalog import ItemMeta
+from features.catalog import VECTOR_CONTENT, VECTOR_LEARNED, VECTOR_NONE, ItemMeta
 from features.embeddings import content_embedding
 from streams.schema import Item
 
@@ -23,6 +23,31 @@ def item_meta(item: Item) -> ItemMeta:
         created_at_ms=item.created_at if item.created_at is not None else item.ts,
         available=item.op == "upsert" and item.available,
     )
+
+
+def vector_source(item: Item) -> str:
+    """Where the vector an item upsert leaves comes from, for its catalog record.
+
+    Content wins over learned embeddings: an item's own embedding, or its tags, title or
+    text (which the catalog does not hold, so a learned upsert could not restate them), make
+    it :data:`VECTOR_CONTENT`. A vector hashed from category and creator alone only says
+    "same category", and a learned upsert restates both fields: such an item, like one with
+    no content at all, may get a learned vector.
+
+    Examples:
+        >>> vector_source(Item(item_id="i", ts=0, embedding=[1.0, 0.0]))
+        'content'
+        >>> vector_source(Item(item_id="i", ts=0, embedding=[1.0, 0.0], embedding_learned=True))
+        'learned'
+        >>> vector_source(Item(item_id="i", ts=0, category="news")), vector_source(
+        ...     Item(item_id="i", ts=0, tags=["x"]))
+        ('', 'content')
+    """
+    if item.embedding is not None:
+        return VECTOR_LEARNED if item.embedding_learned else VECTOR_CONTENT
+    if item.tags or item.title or item.text:
+        return VECTOR_CONTENT
+    return VECTOR_NONE
 
 
 def item_vector(item: Item, dim: int) -> npt.NDArray[np.float32] | None:

@@ -31,7 +31,7 @@ from features.seen import NEGATIVE_TYPES, SeenSet
 from features.settings import FeatureSettings
 from features.store import Store
 from features.trending import Counted, Trending
-from streams.item_vectors import item_vector
+from streams.item_vectors import item_vector, vector_source
 from streams.schema import Impression, Interaction, Item
 from streams.state_cache import StateCache
 
@@ -254,6 +254,11 @@ class CatalogProcessor:
         for item in latest.values():
             if item.op == "delete":
                 self.catalog.remove(batch, item.item_id, ts_ms=item.ts)
+            elif item.embedding_learned:
+                # The refresher restates the record only so the compacted topic keeps it;
+                # applying it whole would turn a stub into a catalog entry (and a "fresh"
+                # item) and race a newer upsert or delete from the item's own producer.
+                self.catalog.set_vector_source(batch, item.item_id, vector_source(item))
             else:
                 self.catalog.upsert(
                     batch,
@@ -263,6 +268,7 @@ class CatalogProcessor:
                     available=item.available,
                     created_at_ms=item.created_at if item.created_at is not None else item.ts,
                     ts_ms=item.ts,
+                    vector=vector_source(item),
                 )
         if events.interactions:
             known = reads.catalog_categories

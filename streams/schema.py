@@ -64,6 +64,9 @@ class Item(msgspec.Struct, kw_only=True, frozen=True):
     available: bool = True
     created_at: TimestampMs | None = None
     embedding: Annotated[list[float], msgspec.Meta(max_length=4096)] | None = None
+    # True when ``embedding`` was learned from behaviour (streamrec's embedding refresher)
+    # rather than given with the item: a later refresh may replace it, never a content one.
+    embedding_learned: bool = False
 
 
 class ImpressionSlot(msgspec.Struct, kw_only=True, frozen=True):

@@ -31,6 +31,7 @@ from streamrec.evaluation.session_baselines import SESSION_BASELINES
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, validator
 from streams.bus import InProcessBus
+from streams.embedding_refresh import EmbeddingRefresher
 from streams.replica import IndexReplica
 from streams.schema import Event, Interaction, Item, encode, event_key
 from streams.transport import RawMessage
@@ -125,6 +126,15 @@ class PrequentialRun:
             self.bus,
             worker_id="evaluate",
         )
+        # Item vectors learned from co-visitation, as `streamrec embeddings follow` publishes
+        # them live: an id-only stream's items get embeddings, and the ANN sources something.
+        self.refresher = EmbeddingRefresher(
+            self.store,
+            Keys(settings.namespace),
+            settings.features,
+            settings.learning,
+            seed=options.seed,
+        )
         self.replica = IndexReplica(
             topic=settings.topics.items,
             dim=settings.features.embedding_dim,
@@ -211,10 +221,19 @@ class PrequentialRun:
                 self.seen[event.user_id].add(event.item_id)
             self.bus.send(event)
         if self._pending:
-            # Poll only what is there: an empty poll waits out the batch timeout.
-            while any(self.worker.source.lag().values()):
-                self.worker.run_once()
+            self._apply()
+            upserts = self.refresher.maybe_refresh(int(self._now_s * 1000), self.events)
+            for item in upserts:
+                self.bus.send(item)
+                self.replica.apply([self._raw(item)])
+            if upserts:
+                self._apply()
         self._pending.clear()
+
+    def _apply(self) -> None:
+        # Poll only what is there: an empty poll waits out the batch timeout.
+        while any(self.worker.source.lag().values()):
+            self.worker.run_once()
 
     def _evaluate(self, event: Interaction) -> None:
         user, target = event.user_id, event.item_id

@@ -48,8 +48,12 @@ def test_a_seed_gives_the_same_stream_with_churn_and_drift_on() -> None:
 
 def test_with_the_new_options_off_the_stream_is_what_it_always_was() -> None:
     # Recorded from the simulator before churn and drift existed: benchmarks and tests that
-    # compare runs of one seed across versions rely on it.
-    assert fingerprint(StreamSimulator(SMALL, seed=3), 2_000) == "b79eeddbfa8cf554"
+    # compare runs of one seed across versions rely on it. Item events have since gained the
+    # `embedding_learned` field (false in every simulated item), which the recording predates.
+    sim = StreamSimulator(SMALL, seed=3)
+    data = b"".join(encode(e) for e in [*sim.initial_items(0), *sim.events(2_000, 0)])
+    data = data.replace(b',"embedding_learned":false', b"")
+    assert hashlib.sha256(data).hexdigest()[:16] == "b79eeddbfa8cf554"
 
 
 def test_churn_retires_items_as_deletes_and_unavailable_upserts() -> None:
