@@ -27,11 +27,11 @@ class FeatureSettings(BaseModel):
     # Weight each interaction type adds to popularity counters; unknown types add 0.
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     # Half-life of co-visitation pair counts, in seconds.
-    covisitation_half_life_s: float = Field(7 * 86400.0, gt=0)
+    covisitation_half_life_s: float = Field(30 * 86400.0, gt=0)
     # How many of a user's latest items pair with each new event.
     covisitation_window: int = Field(3, ge=1, le=100)
     # Items touched more than this many seconds before an event do not pair with it.
-    covisitation_max_gap_s: float = Field(3600.0, gt=0)
+    covisitation_max_gap_s: float = Field(86400.0, gt=0)
     # Count each pair only under the earlier item ("what users went on to next", False) or
     # under both (True). Directed is the default: sequential rules beat symmetric association
     # rules for next-item recommendation (Ludewig & Jannach 2018), at 60% of the writes.
@@ -103,4 +103,4 @@ class LearningSettings(BaseModel):
     embedding_min_neighbours: int = Field(3, ge=1, le=10_000)
     # A refreshed vector is published again only when its cosine to the published one is
     # below this (1.0: every refresh republishes every vector).
-    embedding_republish_cosine: float = Field(0.99, gt=0.0, le=1.0)
+    embedding_republish_cosine: float = Field(0.95, gt=0.0, le=1.0)
