@@ -186,6 +186,42 @@ class SourceBandit:
         return [segment for segment, _ in store.top(key, store.zcard(key))]
 
 
+def blend_weights(
+    posteriors: Mapping[str, Posterior], sources: Sequence[str], strength: float
+) -> dict[str, float]:
+    """Each source's click-rate for the blend, shrunk toward the segment's pooled rate
+    (empirical Bayes): ``(rewards + strength·p̄) / (shown + strength)``, where ``p̄`` is every
+    source's rewards over every source's impressions in the segment.
+
+    Thompson sampling wants an optimistic prior, so that an untried source gets tried; the
+    blend ranks every slot by these weights and wants the opposite: a source with little
+    evidence weighs what an average source does, not the prior's guess (Beta(1, 20) says 5%,
+    several times a feed's real per-slot rate, which let rarely shown sources outrank the ones
+    users click). With no evidence at all, every source weighs the same.
+
+    Examples:
+        >>> p = {"a": Posterior(0, 0, shown=1000.0, rewards=40.0),
+        ...      "b": Posterior(0, 0, shown=1000.0, rewards=10.0)}
+        >>> {k: round(v, 4) for k, v in blend_weights(p, ["a", "b", "new"], 20.0).items()}
+        {'a': 0.0397, 'b': 0.0103, 'new': 0.025}
+        >>> blend_weights({}, ["a", "b"], 20.0)
+        {'a': 1.0, 'b': 1.0}
+    """
+    if strength <= 0:
+        raise ValueError("strength must be > 0")
+    known = [posteriors[s] for s in sources if s in posteriors]
+    shown = math.fsum(p.shown for p in known)
+    if shown <= 0:
+        return {s: 1.0 for s in sources}
+    pooled = math.fsum(p.rewards for p in known) / shown
+    out: dict[str, float] = {}
+    for source in sources:
+        post = posteriors.get(source)
+        rewards, seen = (post.rewards, post.shown) if post is not None else (0.0, 0.0)
+        out[source] = (rewards + strength * pooled) / (seen + strength)
+    return out
+
+
 def source_probabilities(
     posteriors: Mapping[str, Posterior],
     sources: Sequence[str],

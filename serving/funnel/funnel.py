@@ -16,7 +16,7 @@ from functools import partial
 
 import numpy as np
 
-from features.bandit import propensity_method
+from features.bandit import blend_weights, propensity_method
 from features.errors import StoreUnavailableError
 from features.settings import LearningSettings
 from serving.funnel.context import (
@@ -164,7 +164,7 @@ class Funnel:
 
         prior = self.live.bandit.prior
         posteriors = self.live.posteriors(ctx.segment, request.now_s) if settings.learn_mix else {}
-        ctx.source_weights = {s: posteriors.get(s, prior).mean for s in self.sources}
+        ctx.source_weights = blend_weights(posteriors, list(self.sources), prior.alpha + prior.beta)
         version = self.scorer.score(ctx, candidates)
         watch.lap("scoring")
 

@@ -202,12 +202,15 @@ def run_eval_bench(
         **{k: v for k, v in report.items() if k.startswith(("baseline_", "best_baseline"))},
         "hr_at_10_best_baseline": report["hr_at_10_best_baseline"],
         "ndcg_at_10_best_baseline": report["ndcg_at_10_best_baseline"],
+        "hr_at_10_ratio_to_covis": report.get("hr_at_10_ratio_to_covis", 0.0),
         **(
             {"ablation": {n: m["hr@10"] for n, m in report["ablation"].items()}}
             if "ablation" in report
             else {}
         ),
         "warm_hr_at_10": report["metrics"]["funnel"]["warm"]["hr@10"],
+        "source_recall": report["source_recall"],
+        "learned_embeddings": report["learned_embeddings"],
         "coverage": report["coverage"],
         "events_per_s": round(report["events_per_s"], 1),
         "targets": sorted(DEFAULT_TARGETS),

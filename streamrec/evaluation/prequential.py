@@ -179,6 +179,9 @@ class PrequentialRun:
         self.removed: Counter[str] = Counter()
         self.stage_ms: dict[str, list[float]] = defaultdict(list)
         self.catalog: set[str] = set()
+        # Event time from an item's first interaction to its first learned vector.
+        self.first_seen_s: dict[str, float] = {}
+        self.embedded_after_s: dict[str, float] = {}
         self.series: list[_Window] = [_Window()]
         self.events = self.evaluated = self.warm_evaluated = 0
         self._offset = 0
@@ -198,6 +201,7 @@ class PrequentialRun:
                 self.replica.apply([self._raw(event)])
             elif isinstance(event, Interaction):
                 self.catalog.add(event.item_id)
+                self.first_seen_s.setdefault(event.item_id, event.ts / 1000.0)
                 learned = self.events > self.options.warmup
                 if learned and event.type in self.options.targets:
                     targets += 1
@@ -224,6 +228,9 @@ class PrequentialRun:
             self._apply()
             upserts = self.refresher.maybe_refresh(int(self._now_s * 1000), self.events)
             for item in upserts:
+                if item.item_id not in self.embedded_after_s:
+                    first = self.first_seen_s.get(item.item_id, self._now_s)
+                    self.embedded_after_s[item.item_id] = self._now_s - first
                 self.bus.send(item)
                 self.replica.apply([self._raw(item)])
             if upserts:
@@ -314,6 +321,9 @@ class PrequentialRun:
             ),
             "metrics": metrics,
             "source_recall": {s: c / n for s, c in sorted(self.source_found.items())},
+            "learned_embeddings": embedding_latency(
+                list(self.embedded_after_s.values()), len(self.first_seen_s)
+            ),
             "filters_removed": dict(sorted(self.removed.items())),
             **self.exposure.summary(len(self.catalog)),
             "series": {
@@ -354,7 +364,32 @@ def baseline_figures(
     out[f"hr_at_{cut}_best_baseline"] = metrics[best]["all"][f"hr@{cut}"]
     out[f"ndcg_at_{cut}_best_baseline"] = metrics[best]["all"][f"ndcg@{cut}"]
     out[f"ndcg_at_{cut}"] = metrics["funnel"]["all"][f"ndcg@{cut}"]
+    # The issue's bar: the funnel against the co-visitation counter it must clearly beat.
+    covis = out.get(f"baseline_covis_hr_at_{cut}")
+    if covis:
+        out[f"hr_at_{cut}_ratio_to_covis"] = metrics["funnel"]["all"][f"hr@{cut}"] / covis
     return out
+
+
+def embedding_latency(latencies_s: list[float], items: int) -> dict[str, float]:
+    """How many of the ``items`` seen got a learned vector, and how long after their first
+    interaction (event-time seconds: median and 90th percentile).
+
+    Examples:
+        >>> embedding_latency([10.0, 20.0, 30.0, 600.0], items=8)
+        {'items_embedded': 4, 'share_embedded': 0.5, 'latency_s_p50': 30.0, 'latency_s_p90': 600.0}
+    """
+    ordered = sorted(latencies_s)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+    return {
+        "items_embedded": len(ordered),
+        "share_embedded": len(ordered) / items if items else 0.0,
+        "latency_s_p50": quantile(0.5),
+        "latency_s_p90": quantile(0.9),
+    }
 
 
 def _shares(series: list[_Window]) -> dict[str, list[float]]:
