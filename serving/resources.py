@@ -35,6 +35,9 @@ class Resources:
     funnel: FunnelSettings = field(default_factory=FunnelSettings)
     # Seconds on the clock the live reader's caches age by (a replay passes event time).
     clock: Callable[[], float] = time.monotonic
+    #: POST /events refuses interactions older than the wall clock minus this, which the
+    #: worker would dead-letter as late (its ``allowed_lateness_ms``); None accepts any age.
+    max_late_ms: int | None = None
     live: LiveReader = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
 

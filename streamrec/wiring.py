@@ -158,6 +158,7 @@ def _started(
         replica=replica,
         learning=settings.learning,
         funnel=settings.funnel,
+        max_late_ms=settings.worker.allowed_lateness_ms,
     )
     resources.on_close.extend([*closers, replica.stop])
     replica.start()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Mapping
 
+from streams.partitioning import partition_for
 from streams.schema import Event, Impression, Item, encode, event_key
 from streams.settings import TopicSettings
 from streams.transport import RawMessage, TopicPartition
@@ -57,11 +57,11 @@ class InProcessBus:
     def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]
     ) -> None:
-        """Append a message to the partition its key hashes to."""
+        """Append a message to the partition the Java client would pick for its key."""
         with self._cond:
             parts = self._topic(topic)
             if key:
-                index = zlib.crc32(key) % len(parts)
+                index = partition_for(key, len(parts))
             else:
                 self._round_robin += 1
                 index = self._round_robin % len(parts)

@@ -20,6 +20,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from features.errors import TransportUnavailableError
+from streams.partitioning import JAVA_PARTITIONER
 from streams.settings import TopicSettings
 from streams.transport import RawMessage
 from streams.transport import TopicPartition as TP
@@ -299,13 +300,19 @@ class RawProducer:
         self.connection = ConnectionLog(name)
         self.delivered = 0
         self.failed = 0
-        config = client_config(bootstrap, extra) | {
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": linger_ms,
-            "compression.type": "lz4",
-            "error_cb": self.connection.on_error,
-        }
+        # The Java client's partitioner unless the user's properties name another: a key
+        # must land on the partition a JVM service's producer picks (streams.partitioning).
+        config = (
+            {"partitioner": JAVA_PARTITIONER}
+            | client_config(bootstrap, extra)
+            | {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": linger_ms,
+                "compression.type": "lz4",
+                "error_cb": self.connection.on_error,
+            }
+        )
         #: How many messages the local buffer holds (librdkafka's default unless configured).
         self.capacity = int(config.get("queue.buffering.max.messages", 100_000))
         self._queued = 0  # produced, delivery not reported yet
@@ -420,12 +427,18 @@ class KafkaTailSource:
         self, bootstrap: str, topic: str, extra: Mapping[str, str], start: Mapping[int, int]
     ) -> None:
         self.connection = ConnectionLog(f"replica of {topic}")
-        config = client_config(bootstrap, extra) | {
-            "group.id": f"streamrec-replica-{uuid.uuid4().hex}",  # required, never joined
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "error_cb": self.connection.on_error,
-        }
+        # The Java client's partitioner unless the user's properties name another: a key
+        # must land on the partition a JVM service's producer picks (streams.partitioning).
+        config = (
+            {"partitioner": JAVA_PARTITIONER}
+            | client_config(bootstrap, extra)
+            | {
+                "group.id": f"streamrec-replica-{uuid.uuid4().hex}",  # required, never joined
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "error_cb": self.connection.on_error,
+            }
+        )
         self._consumer = Consumer(config)
         self.generation = 0
         self.topic = topic

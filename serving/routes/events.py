@@ -73,6 +73,30 @@ def _send_all(resources: Resources, events: list[Event]) -> None:
         resources.sink.send(event)
 
 
+def too_late(event: Event, now_ms: int, max_late_ms: int | None) -> str | None:
+    """Why the worker would drop ``event`` as late, judged by the wall clock; None if not.
+
+    The worker measures lateness against its partition's newest event time, which is at
+    most the wall clock (future events are refused), so an event this late at the door is
+    late there too: refusing it now tells the client, where a 202 would hide a dead letter.
+
+    Examples:
+        >>> click = Interaction(event_id="e", user_id="u", item_id="i", type="click", ts=0)
+        >>> too_late(click, now_ms=7_200_000, max_late_ms=3_600_000)
+        'ts 0 is 7200000 ms old; the worker drops interactions older than 3600000 ms'
+        >>> too_late(click, now_ms=1000, max_late_ms=3_600_000) is None
+        True
+    """
+    if max_late_ms is None or not isinstance(event, Interaction):
+        return None
+    age = now_ms - event.ts
+    if age <= max_late_ms:
+        return None
+    return (
+        f"ts {event.ts} is {age} ms old; the worker drops interactions older than {max_late_ms} ms"
+    )
+
+
 async def _accept(
     request: Request, kind: type[Any], resources: Resources, max_bytes: int
 ) -> JSONBytes:
@@ -90,11 +114,13 @@ async def _accept(
     events: list[Event] = decoded if isinstance(decoded, list) else [decoded]
     now_ms = int(time.time() * 1000)
     for index, event in enumerate(events):
+        prefix = ("body", index) if isinstance(decoded, list) else ("body",)
         try:
             resources.validator.check(event, now_ms=now_ms)
         except InvalidEventError as exc:
-            prefix = ("body", index) if isinstance(decoded, list) else ("body",)
             return error(422, error_location(str(exc), prefix), str(exc))
+        if late := too_late(event, now_ms, resources.max_late_ms):
+            return error(422, [*prefix, "ts"], late)
     capacity = getattr(resources.sink, "capacity", None)
     if capacity is not None and len(events) > capacity:
         # It would never fit, however long the client waited: not a 503.

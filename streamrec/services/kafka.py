@@ -150,9 +150,18 @@ def _find_java() -> str:
     return java
 
 
+def has_kafka_jars(paths: Layout) -> bool:
+    """True when the jar cache holds the broker and Apache's command-line tools (a cache from
+    before the tools were fetched is fetched again, once)."""
+    libs = paths.kafka_libs
+    return (
+        libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")) and any(libs.glob("kafka-tools-*.jar"))
+    )
+
+
 def _fetch_kafka_jars(paths: Layout) -> None:
     """Download the broker's jars with Maven, unless a complete copy is already there."""
-    if paths.kafka_libs.is_dir() and any(paths.kafka_libs.glob("*.jar")):
+    if has_kafka_jars(paths):
         return
     mvn = shutil.which("mvn")
     if mvn is None:

@@ -106,6 +106,24 @@ def test_deleted_items_leave_the_feed(client: TestClient, system: System) -> Non
             {"event_id": "e", "user_id": "u", "item_id": "i", "type": "click", "ts": 10**13},
             ["body", "ts"],
         ),
+        # Older than the worker's allowed lateness by the wall clock: it would be dropped.
+        (
+            {"event_id": "e", "user_id": "u", "item_id": "i", "type": "click", "ts": 0},
+            ["body", "ts"],
+        ),
+        (
+            [
+                {"event_id": "a", "user_id": "u", "item_id": "i", "type": "click", "ts": now_ms()},
+                {
+                    "event_id": "b",
+                    "user_id": "u",
+                    "item_id": "i",
+                    "type": "click",
+                    "ts": now_ms() - 2 * 3_600_000,
+                },
+            ],
+            ["body", 1, "ts"],
+        ),
     ],
 )
 def test_bad_events_get_422_naming_the_field(

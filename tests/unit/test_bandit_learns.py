@@ -8,7 +8,6 @@ Everything runs on the in-memory store and the in-process bus with explicit even
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from serving.resources import Resources
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, validator
 from streams.bus import InProcessBus
+from streams.partitioning import partition_for
 from streams.runtime import Worker
 from streams.schema import Impression, Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
@@ -277,7 +277,7 @@ def test_every_closed_feed_teaches_the_bandit_each_slot_once(
     for served in loop.served:
         request = served.result.request
         ts_ms = int(request.now_s * 1000)
-        partition = zlib.crc32(request.user_id.encode()) % loop.bus.partitions
+        partition = partition_for(request.user_id.encode(), loop.bus.partitions)
         if ts_ms + window_ms > clocks[partition]:
             still_open += 1
             continue
