@@ -42,6 +42,14 @@ class ErrorBody(BaseModel):
     detail: list[FieldError] = Field(min_length=1)
 
 
+class Gone(ErrorBody):
+    """A 404 for an item: unknown, or deleted (then when, by its delete event's time)."""
+
+    deleted_at: int | SkipJsonSchema[None] = Field(
+        None, description="Milliseconds since the epoch, when the item was deleted"
+    )
+
+
 class Unavailable(BaseModel):
     """A 503: what the API depends on and cannot reach right now; try again later."""
 

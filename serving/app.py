@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +21,7 @@ from serving.feed import FeedService
 from serving.funnel.funnel import Funnel
 from serving.http_metrics import ResponseCounter
 from serving.metrics import FeedMetrics
+from serving.openapi_live import LiveLimits, apply_limits, drop_unrequired_security
 from serving.request_context import RequestIdMiddleware
 from serving.resources import Resources
 from serving.responses import JSONBytes
@@ -83,13 +86,33 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
             max_age=600,
         )
 
+    base: list[dict[str, Any]] = []  # the configuration's spec, built on first use
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        if not base:
             spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
             components = spec.setdefault("components", {}).setdefault("schemas", {})
             components.update(schema_components("#/components/schemas/{name}"))
-            app.openapi_schema = spec
-        return app.openapi_schema
+            policy: AccessPolicy = app.state.access
+            writes = {getattr(r, "path", ""): policy.anonymous_writes for r in events.router.routes}
+            drop_unrequired_security(spec, writes, policy.anonymous_reads)
+            base.append(spec)
+        spec = copy.deepcopy(base[0])
+        resources: Resources | None = getattr(app.state, "resources", None)  # once started
+        if resources is not None:
+            apply_limits(spec, live_limits(settings, resources), int(time.time() * 1000))
+        return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def live_limits(settings: ServingSettings, resources: Resources) -> LiveLimits:
+    """What this server accepts, for :func:`serving.openapi_live.apply_limits`."""
+    return LiveLimits(
+        max_k=settings.max_k,
+        embedding_dim=resources.features.embedding_dim,
+        max_future_ms=resources.validator.max_future_ms,
+        max_late_ms=resources.max_late_ms,
+        windows=list(catalog.window_names(resources.features.half_lives_s)),
+    )

@@ -410,6 +410,9 @@ class BrokerProbe:
                     self._answer = (False, str(exc))
                 self._checked_at = now
             ok, detail = self._answer
+        # Delivery reports are otherwise served only at the next produce: an idle API would
+        # report messages the broker acknowledged minutes ago as still waiting.
+        self.producer.poll(0)
         queued = self.producer.queued
         if queued:
             detail += f"; {queued} of {self.producer.capacity} buffered events await delivery"

@@ -23,7 +23,23 @@ InteractionType: TypeAlias = Literal[
 ]
 ItemOp: TypeAlias = Literal["upsert", "delete"]
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="Opaque identifier")]
+#: What an id may hold: anything printable. Control characters (a NUL from a C client, a
+#: newline) would break the logs, the dashboard and line-based tools that show ids.
+#: ``(?![\s\S])`` is the end of the text in both Python's and ECMA's regex (Python's ``$``
+#: also matches before a final newline; JSON Schema validators follow ECMA).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+(?![\s\S])"
+#: The same rule for FastAPI path parameters: pydantic's Rust regex engine has no lookahead,
+#: and its ``$`` (like ECMA's) is the end of the text.
+PATH_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+Id = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=256,
+        pattern=ID_PATTERN,
+        description="Opaque identifier, without control characters",
+    ),
+]
 TimestampMs = Annotated[
     int, msgspec.Meta(ge=0, le=10**14, description="Event time, milliseconds since the epoch")
 ]
@@ -184,7 +200,18 @@ class EventValidator:
 
 def _explain(raw: bytes, exc: Exception) -> str:
     """The decode error, naming the field when it is a NaN or Infinity literal: Python's
-    ``json.dumps`` writes them, msgspec sees only an invalid character."""
+    ``json.dumps`` writes them, msgspec sees only an invalid character. A truncated message
+    gets its position too (msgspec gives one for every other syntax error).
+
+    Examples:
+        >>> try:
+        ...     msgspec.json.decode(b'{"ts": 1')
+        ... except msgspec.DecodeError as exc:
+        ...     _explain(b'{"ts": 1', exc)
+        'Input data was truncated (byte 8: the message ends inside a JSON value)'
+    """
+    if isinstance(exc, msgspec.DecodeError) and "truncated" in str(exc):
+        return f"{exc} (byte {len(raw)}: the message ends inside a JSON value)"
     if not isinstance(exc, msgspec.DecodeError) or "invalid character" not in str(exc):
         return str(exc)
     try:

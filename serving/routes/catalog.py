@@ -9,21 +9,35 @@ from fastapi import APIRouter, Path, Query
 
 from features.errors import StoreUnavailableError
 from features.keys import GLOBAL, Keys
-from serving.api_models import INVALID, CatalogItem, ErrorBody, Trending, unavailable
+from serving.api_models import INVALID, CatalogItem, Gone, Trending, unavailable
 from serving.deps import ResourcesDep, SettingsDep
 from serving.responses import JSONBytes, error
+from streams.schema import PATH_ID_PATTERN
 
 router = APIRouter(tags=["catalog"])
 
 
-def _half_life(window: str, half_lives: list[float]) -> float | None:
-    """A configured half-life named as seconds ("3600") or with a unit ("1h", "24h", "30m")."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    try:
-        seconds = float(window[:-1]) * units[window[-1]] if window[-1] in units else float(window)
-    except (ValueError, IndexError):
-        return None
-    return next((h for h in half_lives if abs(h - seconds) < 1e-6), None)
+#: Units a window may be named in, besides plain seconds.
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def window_names(half_lives: list[float]) -> dict[str, float]:
+    """Every name ``window`` accepts, and the half-life it names: the seconds as written by
+    ``%g`` ("3600") and each whole count of a unit ("3600s", "60m", "1h"). The OpenAPI spec
+    lists exactly these, so a client generated from it sends nothing the server refuses.
+
+    Examples:
+        >>> sorted(window_names([3600.0]))
+        ['1h', '3600', '3600s', '60m']
+    """
+    names: dict[str, float] = {}
+    for h in half_lives:
+        names[f"{h:g}"] = h
+        for unit, seconds in _UNITS.items():
+            count = h / seconds
+            if count >= 1 and count == int(count):
+                names[f"{int(count)}{unit}"] = h
+    return names
 
 
 @router.get(
@@ -43,7 +57,7 @@ def get_trending(
     """Top items by decayed score for one half-life, overall or in one category, with the
     items whose short-term rate outruns their long-term one marked ``rising``."""
     half_lives = resources.features.half_lives_s
-    half_life = half_lives[0] if window is None else _half_life(window, half_lives)
+    half_life = half_lives[0] if window is None else window_names(half_lives).get(window)
     if half_life is None:
         named = ", ".join(f"{h:g}" for h in half_lives)
         return error(422, ["query", "window"], f"window must be one of the half-lives: {named} s")
@@ -73,18 +87,38 @@ def get_trending(
     )
 
 
+def deletion_time(record: dict[str, str]) -> int | None:
+    """When a catalog record was deleted (ms), or None if it is not a tombstone: a delete
+    leaves no creation time (``features.catalog.Catalog.remove``), an unavailable upsert does.
+
+    Examples:
+        >>> deletion_time({"available": "0", "updated_at": "17"})
+        17
+        >>> deletion_time({"available": "0", "created_at": "5", "updated_at": "17"}) is None
+        True
+    """
+    if record.get("available") != "0" or "created_at" in record:
+        return None
+    updated = record.get("updated_at", "")
+    return int(updated) if updated.isdigit() else 0
+
+
 @router.get(
     "/items/{item_id}",
     response_class=JSONBytes,
     responses={
         200: {"model": CatalogItem},
-        404: {"model": ErrorBody, "description": "No such item in the catalog"},
+        404: {
+            "model": Gone,
+            "description": "No such item in the catalog; `deleted_at` when it was deleted",
+        },
         **INVALID,
         **unavailable("The store is unreachable"),
     },
 )
 def get_item(
-    item_id: Annotated[str, Path(min_length=1, max_length=256)], resources: ResourcesDep
+    item_id: Annotated[str, Path(min_length=1, max_length=256, pattern=PATH_ID_PATTERN)],
+    resources: ResourcesDep,
 ) -> JSONBytes:
     """An item's catalog record, availability, and live popularity."""
     live = resources.live
@@ -92,6 +126,11 @@ def get_item(
         (meta,) = live.catalog.records(resources.store, [item_id])
         if meta is None:
             return error(404, ["path", "item_id"], f"unknown item {item_id!r}")
+        if not meta.available:
+            deleted_at = deletion_time(resources.store.hgetall(resources.keys.item(item_id)))
+            if deleted_at is not None:
+                detail = [{"loc": ["path", "item_id"], "msg": f"item {item_id!r} was deleted"}]
+                return JSONBytes({"detail": detail, "deleted_at": deleted_at}, status_code=404)
         now = time.time()
         short, long_ = live.counts([item_id], now)[item_id]
         (all_time,) = resources.store.zscores(resources.keys.popularity_all_time(), [item_id])

@@ -8,16 +8,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from serving.api_models import INVALID, Feed, Similar
-from serving.deps import FeedServiceDep, SettingsDep
+from features.errors import StoreUnavailableError
+from serving.api_models import INVALID, ErrorBody, Feed, Similar
+from serving.deps import FeedServiceDep, ResourcesDep, SettingsDep
 from serving.feed import feed_json
 from serving.funnel.context import FeedRequest
 from serving.request_context import request_id as current_request_id
 from serving.responses import JSONBytes, error
+from streams.schema import PATH_ID_PATTERN
 
 router = APIRouter(tags=["feed"])
 
-IdPath = Annotated[str, Path(min_length=1, max_length=256)]
+#: Path ids follow the event schema's id rules, so a feed is never asked for an id no event
+#: could carry.
+IdPath = Annotated[str, Path(min_length=1, max_length=256, pattern=PATH_ID_PATTERN)]
 Name = Annotated[str, Query(min_length=1, max_length=256)]
 
 
@@ -72,11 +76,16 @@ def get_feed(
 @router.get(
     "/similar/{item_id}",
     response_class=JSONBytes,
-    responses={200: {"model": Similar}, **INVALID},
+    responses={
+        200: {"model": Similar},
+        404: {"model": ErrorBody, "description": "No such item in the catalog"},
+        **INVALID,
+    },
 )
 def get_similar(
     item_id: IdPath,
     service: FeedServiceDep,
+    resources: ResourcesDep,
     settings: SettingsDep,
     k: Annotated[int | None, Query(ge=1, description="How many items")] = None,
     debug: Annotated[bool, Query(description="Include the trace")] = False,
@@ -85,6 +94,13 @@ def get_similar(
     size = k or settings.default_k
     if size > settings.max_k:
         return error(422, ["query", "k"], f"k must be <= {settings.max_k}")
+    try:
+        (meta,) = resources.live.catalog.records(resources.store, [item_id])
+    except StoreUnavailableError:
+        meta = None  # the similar feed below answers degraded
+    else:
+        if meta is None:
+            return error(404, ["path", "item_id"], f"unknown item {item_id!r}")
     request = FeedRequest(
         user_id="", k=size, now_s=time.time(), request_id=uuid.uuid4().hex, item_id=item_id
     )

@@ -50,6 +50,15 @@ def test_events_posted_to_the_api_reach_the_feed_through_kafka_and_redis(
         "hot-item at the top of a new user's feed",
         lambda: deployment.feed("newcomer")[:2] == ["hot-item", "warm-item"],
     )
+    # Idle since the POST: /health's producer backlog is the truth, not the last produce's.
+    wait_for(
+        "no buffered events reported once delivered",
+        lambda: (
+            "await delivery"
+            not in httpx.get(f"{deployment.base}/health", timeout=5).json()["transport"]["detail"]
+        ),
+        timeout_s=2,
+    )
     # fan0 has seen both; the feed leaves them out.
     assert "hot-item" not in deployment.feed("fan0")
     # The state really is in Redis, under the deployment's namespace.

@@ -308,3 +308,49 @@ def test_an_answer_the_document_does_not_give_fails_the_check(
         with pytest.raises(FailureGroup) as failure:
             system.assert_documented(response)
         assert [f.title for f in failure.value.exceptions] == [title]
+
+
+def test_the_spec_declares_a_key_only_where_the_configuration_requires_one() -> None:
+    default = System().app.openapi()
+    assert not any("security" in op for ops in default["paths"].values() for op in ops.values())
+    assert "securitySchemes" not in default.get("components", {})
+    keyed = System(write_api_keys=[WRITE]).app.openapi()
+    assert "security" in keyed["paths"]["/events"]["post"]
+    assert "security" not in keyed["paths"]["/feed/{user_id}"]["get"]  # reads stay open
+
+
+def test_the_spec_states_the_running_limits(live: tuple[System, TestClient]) -> None:
+    system, client = live
+    spec = client.get("/openapi.json").json()
+    k = next(p for p in spec["paths"]["/trending"]["get"]["parameters"] if p["name"] == "k")
+    assert system.settings.serving.max_k in (
+        k["schema"].get("maximum"),
+        *(o.get("maximum") for o in k["schema"].get("anyOf", [])),
+    )
+    window = next(
+        p for p in spec["paths"]["/trending"]["get"]["parameters"] if p["name"] == "window"
+    )
+    for name in window["schema"]["enum"]:  # every name the spec lists is accepted
+        assert client.get("/trending", params={"window": name}).status_code == 200
+    ts = spec["components"]["schemas"]["Interaction"]["properties"]["ts"]
+    now = int(time.time() * 1000)
+    assert now - 3_600_000 < ts["minimum"] < now < ts["maximum"] <= now + 5 * 60_000 + 5_000
+    for bound in (ts["minimum"], ts["maximum"]):
+        body = {"event_id": f"b{bound}", "user_id": "u", "item_id": "i", "type": "click"}
+        assert client.post("/events", json={**body, "ts": bound}).status_code == 202
+    embedding = spec["components"]["schemas"]["Item"]["properties"]["embedding"]["anyOf"][0]
+    dim = system.settings.features.embedding_dim
+    assert embedding["minItems"] == embedding["maxItems"] == dim
+
+
+def test_an_integral_float_is_the_integer_json_schema_says_it_is(
+    live: tuple[System, TestClient],
+) -> None:
+    _, client = live
+    ts = float(int(time.time() * 1000))
+    body = {"event_id": "f", "user_id": "u", "item_id": "i", "type": "click", "ts": ts}
+    assert client.post("/events", json=body).status_code == 202
+    refused = client.post("/events", json={**body, "ts": ts + 0.5})
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "ts"]
+    assert client.post("/events", json={**body, "ts": str(int(ts))}).status_code == 422

@@ -288,10 +288,18 @@ def test_similar_items_leave_out_deleted_items(live: TestClient, system: System)
     assert deleted not in after and len(after) == 3
 
 
-def test_similar_items_of_an_unknown_item_are_empty(live: TestClient) -> None:
-    response = live.get("/similar/no-such-item")
-    assert response.status_code == 200
-    assert response.json()["items"] == []
+def test_similar_items_of_an_unknown_item_are_a_404_as_the_item_is(live: TestClient) -> None:
+    for path in ("/similar/no-such-item", "/items/no-such-item"):
+        response = live.get(path)
+        assert response.status_code == 404
+        assert response.json()["detail"][0]["loc"] == ["path", "item_id"]
+
+
+@pytest.mark.parametrize("path", ["/feed/%00", "/feed/a%0A", "/similar/a%0Ab", "/items/%7F"])
+def test_path_ids_follow_the_event_schemas_id_rules(live: TestClient, path: str) -> None:
+    response = live.get(path)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "path"
 
 
 def test_similar_items_never_show_a_blocked_creator() -> None:
@@ -375,11 +383,21 @@ def test_an_item_shows_its_catalog_record_and_availability(
     )
     assert body["in_index"] is True
     assert body["popularity"]["all_time"] == 2.0 * (2 + 3 % 3)
-    live.post("/items", json={"item_id": "sport3", "ts": now_ms(), "op": "delete"})
+    deleted_at = now_ms()
+    live.post("/items", json={"item_id": "sport3", "ts": deleted_at, "op": "delete"})
     system.sync()
     gone = live.get("/items/sport3")
-    assert gone.status_code == 200
-    assert gone.json()["available"] is False and gone.json()["in_index"] is False
+    assert gone.status_code == 404
+    assert gone.json()["deleted_at"] == deleted_at
+    assert gone.json()["detail"][0]["loc"] == ["path", "item_id"]
+    # Unavailable but not deleted: still the record, with its creation time.
+    created = now_ms()
+    live.post(
+        "/items", json={"item_id": "paused", "ts": created, "category": "news", "available": False}
+    )
+    system.sync()
+    paused = live.get("/items/paused").json()
+    assert (paused["available"], paused["created_at"]) == (False, created)
 
 
 def test_an_unknown_item_is_a_404_naming_item_id(live: TestClient) -> None:
