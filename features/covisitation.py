@@ -10,6 +10,7 @@ from features.batch import WriteBatch
 from features.decay import decay_rate, forward_weight, read_factor
 from features.keys import Keys
 from features.landmarks import aligned_landmark
+from features.settings import FeatureSettings
 from features.store import Store
 
 #: Field of the landmarks hash for co-visitation. With a 7-day half-life the stored exponent
@@ -66,6 +67,19 @@ class Covisitation:
         self.symmetric = symmetric
         # The event's own item may sit among the recent ones, so one more is read.
         self.history_size = window + 1
+
+    @classmethod
+    def from_settings(cls, keys: Keys, features: FeatureSettings) -> Covisitation:
+        """The co-visitation state as the configuration shapes it: the worker writes with
+        it, and every reader must decay by the same settings."""
+        return cls(
+            keys,
+            half_life_s=features.covisitation_half_life_s,
+            window=features.covisitation_window,
+            max_gap_s=features.covisitation_max_gap_s,
+            max_neighbours=features.covisitation_neighbours,
+            symmetric=features.covisitation_symmetric,
+        )
 
     def add(
         self,

@@ -106,14 +106,7 @@ class EmbeddingRefresher:
         self.min_events = learning.embedding_refresh_min_events
         self.max_neighbours = features.covisitation_neighbours
         # Only its read functions are used: the decay settings must match the worker's.
-        self.covisitation = Covisitation(
-            keys,
-            half_life_s=features.covisitation_half_life_s,
-            window=features.covisitation_window,
-            max_gap_s=features.covisitation_max_gap_s,
-            max_neighbours=features.covisitation_neighbours,
-            symmetric=features.covisitation_symmetric,
-        )
+        self.covisitation = Covisitation.from_settings(keys, features)
         self.trending = Trending(keys, features.half_lives_s, features.event_weights)
         self.catalog = Catalog(keys)
         self.model = OnlineCollab(

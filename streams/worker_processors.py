@@ -31,14 +31,7 @@ def default_processors(
         CatalogProcessor(Catalog(keys)),
         TrendingProcessor(Trending(keys, settings.half_lives_s, settings.event_weights)),
         CovisitationProcessor(
-            Covisitation(
-                keys,
-                half_life_s=settings.covisitation_half_life_s,
-                window=settings.covisitation_window,
-                max_gap_s=settings.covisitation_max_gap_s,
-                max_neighbours=settings.covisitation_neighbours,
-                symmetric=settings.covisitation_symmetric,
-            ),
+            Covisitation.from_settings(keys, settings),
             seen,
         ),
         SeenProcessor(seen),
