@@ -270,6 +270,11 @@ class WorkerHealth(BaseModel):
     rewinds: int
     lag: dict[str, int] = Field(description="Per topic/partition")
     total_lag: int
+    waiting_for_catalog: int = Field(
+        0,
+        description="Interactions and impressions held until the items topic is applied "
+        "up to its end (counted in lag too)",
+    )
 
 
 class Consumers(Check):

@@ -40,6 +40,8 @@ def health_report(
                     "rewinds": beat.get("rewinds", 0),
                     "lag": beat.get("lag", {}),
                     "total_lag": sum(beat.get("lag", {}).values()),
+                    # Messages of other topics waiting for the catalog to be applied.
+                    "waiting_for_catalog": (beat.get("catalog_wait") or {}).get("waiting", 0),
                 }
             )
     consumers_ok = any(w["alive"] for w in workers)

@@ -174,6 +174,8 @@ class KafkaSource:
         self._consumer = Consumer(config)
         self.assigned: set[TP] = set()
         self.generation = 0
+        self._partitions: dict[str, list[int]] = {}
+        self._partitions_at: dict[str, int] = {}
         self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -251,15 +253,24 @@ class KafkaSource:
         if parts:
             self._consumer.resume(parts)
 
-    def end_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        """(low, high) watermark of every partition of ``topic``; asks the broker."""
+    def high_watermarks(self, topic: str) -> dict[int, int]:
+        """Next offset to be written of every partition of ``topic``: as the last fetch
+        response had it for partitions this consumer fetches (no round trip), else from the
+        broker."""
         try:
-            metadata = self._consumer.list_topics(topic, timeout=10.0)
-            partitions = sorted(metadata.topics[topic].partitions)
-            return {
-                p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
-                for p in partitions
-            }
+            if self._partitions_at.get(topic) != self.generation:
+                metadata = self._consumer.list_topics(topic, timeout=10.0)
+                self._partitions[topic] = sorted(metadata.topics[topic].partitions)
+                self._partitions_at[topic] = self.generation
+            out: dict[int, int] = {}
+            for p in self._partitions[topic]:
+                part, high = TopicPartition(topic, p), -1
+                if (topic, p) in self.assigned:
+                    _low, high = self._consumer.get_watermark_offsets(part, cached=True)
+                if high < 0:
+                    _low, high = self._consumer.get_watermark_offsets(part, timeout=10.0)
+                out[p] = high
+            return out
         except (KafkaException, KeyError) as exc:
             raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
 

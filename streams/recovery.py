@@ -16,17 +16,14 @@ from streams.transport import RawMessage, TopicPartition
 log = logging.getLogger(__name__)
 
 
-#: Longest the other partitions wait for the catalog to be applied again after a loss: past
-#: it they go on (logged), rather than stall the stream on an items partition nobody applies.
-CATALOG_WAIT_MAX_S = 120.0
-
-
 @runtime_checkable
 class Rewindable(Protocol):
     """A :class:`MessageSource` that can also consume partitions again (Kafka's can)."""
 
     generation: int
-    assigned: set[TopicPartition]
+
+    @property
+    def assigned(self) -> set[TopicPartition]: ...
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]: ...
     def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None: ...
@@ -36,7 +33,7 @@ class Rewindable(Protocol):
     def rewind(self, tp: TopicPartition, offset: int | None) -> None: ...
     def pause(self, tps: Collection[TopicPartition]) -> None: ...
     def resume(self, tps: Collection[TopicPartition]) -> None: ...
-    def end_offsets(self, topic: str) -> dict[int, tuple[int, int]]: ...
+    def high_watermarks(self, topic: str) -> dict[int, int]: ...
 
 
 class RecoveringSource:
@@ -48,9 +45,9 @@ class RecoveringSource:
     Redis came back with nothing on disk, or without its last writes. Each such partition is
     rewound to the table (to the log's beginning when nothing is left) and replayed; the
     exactly-once guard is untouched, as the replay starts right after what the store holds.
-    When the catalog (the items topic) is behind as well, the other partitions pause until it
-    is applied again, as it was the first time round, because interactions read the
-    categories and vectors of their items.
+    When the catalog (the items topic) is rewound as well, what the worker holds of the other
+    topics is consumed again, so that the catalog gate (:mod:`streams.catalog_gate`) puts it
+    behind the catalog, as it was the first time round.
 
     The table is checked in the checkpoint the worker reads before each synchronous batch
     (:meth:`reconcile`), against the group's committed offsets whenever partitions are
@@ -77,12 +74,7 @@ class RecoveringSource:
         self.applied: dict[TopicPartition, int] = {}
         #: Rewound since the last poll: messages the worker still holds of them are void.
         self.stale: set[TopicPartition] = set()
-        #: Paused until the catalog is applied again (``catalog_targets``).
-        self.held: set[TopicPartition] = set()
-        self.catalog_targets: dict[int, int] | None = None
         self.rewinds = 0
-        self._held_since = 0.0
-        self._release_checked_at = float("-inf")
         self._checked_generation: int | None = None
         self._checked_at = float("-inf")
 
@@ -104,8 +96,7 @@ class RecoveringSource:
         # except what a rewind below makes so.
         self.stale.clear()
         self._maybe_check()
-        self._maybe_release()
-        return self._screen(messages)
+        return self._keep(messages)
 
     def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
         """Commit to Kafka what the store now holds (and remember it)."""
@@ -142,10 +133,9 @@ class RecoveringSource:
     # --- internals ------------------------------------------------------------------------------
 
     def _keep(self, messages: list[RawMessage]) -> list[RawMessage]:
-        skip = self.stale | self.held
-        if not skip:
+        if not self.stale:
             return messages
-        return [m for m in messages if (m.topic, m.partition) not in skip]
+        return [m for m in messages if (m.topic, m.partition) not in self.stale]
 
     def _lost(self, stored: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Assigned partitions whose stored offset is below what is known to be applied."""
@@ -189,8 +179,12 @@ class RecoveringSource:
             ", …" if len(rewound) > 3 else "",
             len(rewound),
         )
-        if self.catalog_targets is None:
-            self._hold_for_catalog(stored)
+        if any(tp[0] == self.items_topic for tp in rewound):
+            # What the worker holds of the other topics must not be applied before the
+            # catalog again: consume it again, behind the catalog (streams.catalog_gate).
+            others = {tp for tp in self.source.assigned if tp[0] != self.items_topic}
+            for tp in sorted(others - self.stale):
+                self._seek(tp, stored.get(tp))
 
     def _seek(self, tp: TopicPartition, stored: int | None) -> bool:
         """Consume ``tp`` again right after ``stored``; the messages held of it are void."""
@@ -203,83 +197,3 @@ class RecoveringSource:
             return False
         self.applied[tp] = -1 if stored is None else stored
         return True
-
-    def _hold_for_catalog(self, stored: Mapping[TopicPartition, int]) -> None:
-        """Pause every other partition while the store's catalog is behind the items topic."""
-        try:
-            ends = self.source.end_offsets(self.items_topic)
-        except TransportUnavailableError as exc:
-            log.warning("cannot tell whether the catalog is complete (%s); not waiting", exc)
-            return
-        targets = {
-            p: high - 1
-            for p, (low, high) in ends.items()
-            if high > low and stored.get((self.items_topic, p), -1) < high - 1
-        }
-        if not targets:
-            return
-        others = {tp for tp in self.source.assigned if tp[0] != self.items_topic}
-        for tp in sorted(others - self.stale):
-            self._seek(tp, stored.get(tp))  # what the worker holds of them waits too
-        self.source.pause(others)
-        self.held |= others
-        self.catalog_targets = targets
-        self._held_since = self.clock()
-        log.warning(
-            "the catalog is behind too: %d partition(s) wait until %d items partition(s) are "
-            "applied again",
-            len(others),
-            len(targets),
-        )
-
-    def _maybe_release(self) -> None:
-        if self.catalog_targets is None:
-            return
-        now = self.clock()
-        if now - self._release_checked_at < 0.2:
-            return
-        self._release_checked_at = now
-        try:
-            stored = self.read_offsets([self.items_topic])
-        except StoreUnavailableError:
-            return
-        behind = sorted(
-            p
-            for p, target in self.catalog_targets.items()
-            if stored.get((self.items_topic, p), -1) < target
-        )
-        waited = now - self._held_since
-        if behind and waited < CATALOG_WAIT_MAX_S:
-            return
-        if behind:
-            log.warning(
-                "the catalog is still behind after %.0f s (items partitions %s); going on",
-                waited,
-                behind,
-            )
-        else:
-            log.info("catalog applied again in %.1f s; replaying the other partitions", waited)
-        self.source.resume(self.held)
-        self.held.clear()
-        self.catalog_targets = None
-
-    def _screen(self, messages: list[RawMessage]) -> list[RawMessage]:
-        """Messages of partitions that must wait for the catalog go back to the log."""
-        if self.catalog_targets is not None and messages:
-            first: dict[TopicPartition, int] = {}
-            for msg in messages:
-                tp = (msg.topic, msg.partition)
-                if tp[0] != self.items_topic and tp not in self.stale:
-                    first[tp] = min(msg.offset, first.get(tp, msg.offset))
-            waiting: set[TopicPartition] = set()
-            for tp, offset in first.items():
-                # Newly assigned, or fetched before the pause took: consume them again later.
-                try:
-                    self.source.rewind(tp, offset)
-                except TransportUnavailableError:
-                    continue  # then they are applied now: out of order beats lost
-                waiting.add(tp)
-            self.source.pause(waiting)
-            self.stale |= waiting
-            self.held |= waiting
-        return self._keep(messages)

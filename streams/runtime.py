@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from features.errors import (
 from features.keys import Keys
 from features.store import Store
 from streams.batch_limit import BatchLimit
+from streams.catalog_gate import CatalogGate
 from streams.dead_letter import DeadLetterPolicy
 from streams.dedup import Candidate, EventIdFilter, KnownIds
 from streams.processors import BatchReads, EventBatch, Processor
@@ -144,7 +145,15 @@ class Worker:
         #: With a source that can rewind (Kafka), the worker notices a store that lost
         #: effects and replays them; the in-process bus and its store live and die together.
         self.recovery: RecoveringSource | None = None
+        #: The catalog goes first (Kafka only: the bus hands out events in the order sent).
+        self.gate: CatalogGate | None = None
         if isinstance(source, Rewindable):
+            self.gate = source = CatalogGate(
+                source,
+                items_topic=topics.items,
+                stored_items=self._stored_items,
+                max_wait_s=settings.catalog_wait_ms / 1000.0,
+            )
             self.recovery = RecoveringSource(
                 source,
                 read_offsets=lambda topics: self._read_checkpoint(topics)[0],
@@ -381,6 +390,11 @@ class Worker:
         self.dead_letter.reject(msg, reason)
         self.stats.dead_lettered += 1
 
+    def _stored_items(self) -> dict[int, int]:
+        """Last applied offset of each items partition, as stored."""
+        offsets = self._read_checkpoint([self.topics.items])[0]
+        return {partition: offset for (_, partition), offset in offsets.items()}
+
     def _read_checkpoint(
         self, topics: list[str]
     ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
@@ -449,6 +463,7 @@ class Worker:
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(lag.items())},
             "store_ok": not self.store_down,
             "rewinds": self.recovery.rewinds if self.recovery is not None else 0,
+            "catalog_wait": asdict(self.gate.stats) if self.gate is not None else None,
             "by_type": dict(self.stats.by_type),
             "freshness_ms": _percentiles(self.stats.freshness_ms),
         }

@@ -55,6 +55,10 @@ class WorkerSettings(BaseModel):
     # re-send (a retried POST, a replay run twice) and is dead-lettered as a duplicate. Costs
     # ~100 bytes of Redis per event in the window (0: off, offsets alone deduplicate).
     dedup_window_ms: int = Field(2 * 60 * 1000, ge=0, le=7 * 86_400_000)
+    # Longest interactions and impressions wait for the catalog (the items topic) to be
+    # applied up to its end before they go on regardless (streams/catalog_gate.py): an items
+    # partition nobody applies must not stall the stream for good.
+    catalog_wait_ms: int = Field(120_000, ge=0, le=86_400_000)
     # Seconds between heartbeats the worker writes for /health.
     heartbeat_s: float = Field(1.0, gt=0, le=300)
     # Port of the worker's Prometheus /metrics (0: none). Several workers on one host each
