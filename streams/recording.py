@@ -282,8 +282,10 @@ def record_topic(
     idle_timeout_s: float = 10.0,
     stop: threading.Event | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    writer: MessageWriter | None = None,
 ) -> RecordReport:
-    """Copy ``wanted`` of ``topic`` into ``path``; see the module for the range's meaning.
+    """Copy ``wanted`` of ``topic`` into ``path`` (or into ``writer``, which ``path`` then
+    only names); see the module for the range's meaning.
 
     ``on_progress(written, total)`` is called now and then; ``total`` is the number of
     offsets in the plan (compaction and transaction markers can make it an overestimate).
@@ -301,7 +303,7 @@ def record_topic(
     report = RecordReport(topic=topic, path=str(path), format=fmt)
     try:
         report.partitions = _plan(consumer, topic, wanted)
-        writer = open_writer(path, fmt)
+        writer = writer or open_writer(path, fmt)
         try:
             _copy(consumer, topic, writer, report, idle_timeout_s, stop, on_progress)
         finally:
