@@ -1,8 +1,9 @@
 """Exactly-once effects and scale-out, on real worker processes, Kafka and Redis.
 
 The ground truth is the same event log applied by the same processors in one process on the
-in-memory store: after kill -9s, restarts, and two workers sharing the partitions, Redis
-must hold exactly that state.
+in-memory store, the catalog first: after kill -9s (some with item records in the backlog),
+restarts, and two workers sharing the partitions, Redis must hold exactly that state, as
+`streamrec verify` and a comparison key by key both say.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
+import orjson
 import pytest
 
 from features.keys import Keys
@@ -21,7 +25,7 @@ from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
 from streams.pipeline import run_pipeline
 from streams.producer import EventProducer
-from streams.schema import Event
+from streams.schema import Event, Item
 from streams.settings import TopicSettings
 from streams.simulator import SimulatorConfig, StreamSimulator
 from tests.helpers import wait_for
@@ -53,12 +57,39 @@ def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
 
 
 def simulated(n: int, seed: int) -> tuple[list[Event], list[Event]]:
-    """Catalog items, then ``n`` interactions (no new items mid-stream: the order between
-    the items and interactions topics is not defined, and categories depend on it)."""
-    config = SimulatorConfig(users=3_000, items=5_000, new_item_probability=0.0)
+    """Catalog items, then ``n`` events with new items mid-stream, as a live catalog grows."""
+    config = SimulatorConfig(users=3_000, items=5_000, new_item_probability=0.004)
     sim = StreamSimulator(config, seed=seed)
     start = int(time.time() * 1000) - 6 * 3_600_000
     return list(sim.initial_items(start)), list(sim.events(n, start_ms=start))
+
+
+class LiveTraffic(threading.Thread):
+    """Produces a stream at a steady rate; each item record is acknowledged by Kafka before
+    the events after it are sent (the item service creates an item, then users meet it)."""
+
+    def __init__(self, deployment: Deployment, events: Sequence[Event], per_s: float) -> None:
+        super().__init__(name="traffic", daemon=True)
+        self.deployment, self.events, self.per_s = deployment, events, per_s
+        self.sent_items = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            topics = TopicSettings(**dict(self.deployment.topics))
+            with EventProducer(self.deployment.bootstrap, topics, linger_ms=20) as producer:
+                started = time.monotonic()
+                for n, event in enumerate(self.events):
+                    producer.send(event)
+                    if isinstance(event, Item):
+                        assert producer.flush(30.0) == 0
+                        self.sent_items += 1
+                    if n % 200 == 0:
+                        ahead = started + n / self.per_s - time.monotonic()
+                        if ahead > 0:
+                            time.sleep(ahead)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
 
 
 def produce(deployment: Deployment, events: Sequence[Event]) -> None:
@@ -68,11 +99,23 @@ def produce(deployment: Deployment, events: Sequence[Event]) -> None:
             producer.send(event)
 
 
-def ground_truth(deployment: Deployment, items: list[Event], interactions: list[Event]) -> dict:  # type: ignore[type-arg]
-    # Items first, as the test waits for the catalog before producing interactions.
+def verified(deployment: Deployment) -> dict[str, Any]:
+    """`streamrec verify`'s JSON line; it must find no difference."""
+    result = deployment.cli("verify")
+    out = result.stdout.decode().strip().splitlines()
+    assert result.returncode == 0, (out[-1:], result.stderr.decode()[-3000:])
+    report: dict[str, Any] = orjson.loads(out[-1])
+    assert report["keys_different"] == report["lost"] == report["doubled"] == 0, report
+    return report
+
+
+def ground_truth(deployment: Deployment, items: list[Event], events: list[Event]) -> dict:  # type: ignore[type-arg]
+    # The catalog first (the worker's catalog gate), then the interactions.
     ns = deployment.namespace
-    store, _, _ = run_pipeline(items, InMemoryStore(), namespace=ns, features=FEATURES)
-    run_pipeline(interactions, store, namespace=ns, features=FEATURES)
+    catalog = items + [e for e in events if isinstance(e, Item)]
+    store, _, _ = run_pipeline(catalog, InMemoryStore(), namespace=ns, features=FEATURES)
+    rest = [e for e in events if not isinstance(e, Item)]
+    run_pipeline(rest, store, namespace=ns, features=FEATURES)
     return readable_state(store, deployment.keys, FEATURES, NOW_S)
 
 
@@ -84,22 +127,30 @@ def redis_state(deployment: Deployment) -> dict:  # type: ignore[type-arg]
         store.close()
 
 
+def applied_all(deployment: Deployment, items: int, events: int) -> bool:
+    return deployment.applied("items") + deployment.applied("interactions") == items + events
+
+
 NOW_S = time.time()
+KILLS = 20
 
 
-def test_kill_9_five_times_loses_nothing_and_counts_nothing_twice(deployment: Deployment) -> None:
-    items, interactions = simulated(200_000, seed=5)
+def test_twenty_kill_9s_with_a_growing_catalog_lose_nothing_and_count_nothing_twice(
+    deployment: Deployment,
+) -> None:
+    items, events = simulated(160_000, seed=5)
+    new_items = sum(isinstance(e, Item) for e in events)
     worker = deployment.start_worker("eo-worker")
     produce(deployment, items)
-    wait_for("the catalog", lambda: deployment.applied("items") == len(items), timeout_s=60)
-    produce(deployment, interactions)
+    traffic = LiveTraffic(deployment, events, per_s=2_000)
+    traffic.start()
     rng = random.Random(7)
-    kills = 0
-    while kills < 5:
-        time.sleep(rng.uniform(0.3, 1.5))
+    kills = kills_with_items_behind = 0
+    while kills < KILLS:
+        time.sleep(rng.uniform(0.2, 1.2))
+        if deployment.applied("items") < len(items) + traffic.sent_items:
+            kills_with_items_behind += 1
         done = deployment.applied("interactions")
-        if done >= len(interactions):
-            break
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
         kills += 1
@@ -110,27 +161,42 @@ def test_kill_9_five_times_loses_nothing_and_counts_nothing_twice(deployment: De
             lambda before=done: deployment.applied("interactions") > before,  # type: ignore[misc]
             timeout_s=60,
         )
-    assert kills == 5, f"the stream was applied before 5 kills ({kills})"
+    assert traffic.is_alive(), "the stream ended before the last kill: kill faster"
+    traffic.join(timeout=180)
+    assert traffic.error is None, traffic.error
     wait_for(
-        "every interaction applied",
-        lambda: deployment.applied("interactions") == len(interactions),
+        "every event applied",
+        lambda: applied_all(deployment, len(items), len(events)),
         timeout_s=180,
     )
-    assert_same_state(redis_state(deployment), ground_truth(deployment, items, interactions))
+    assert kills_with_items_behind >= 3, kills_with_items_behind
+    report = verified(deployment)
+    assert report["keys_compared"] > 10_000 and report["messages"] == len(items) + len(events)
+    assert new_items > 100
+    # And verify's recomputation is the ground truth computed here from the events.
+    assert_same_state(redis_state(deployment), ground_truth(deployment, items, events))
 
 
-def test_two_workers_in_one_group_split_the_work_and_reach_the_same_state(
+def test_two_workers_in_one_group_one_killed_reach_the_same_state(
     deployment: Deployment,
 ) -> None:
-    items, interactions = simulated(60_000, seed=9)
+    items, events = simulated(60_000, seed=9)
     deployment.start_worker("w1")
-    deployment.start_worker("w2")
+    w2 = deployment.start_worker("w2")
     produce(deployment, items)
-    wait_for("the catalog", lambda: deployment.applied("items") == len(items), timeout_s=60)
-    produce(deployment, interactions)
+    traffic = LiveTraffic(deployment, events, per_s=3_000)
+    traffic.start()
+    rng = random.Random(11)
+    for _ in range(3):
+        time.sleep(rng.uniform(2.0, 4.0))
+        os.kill(w2.pid, signal.SIGKILL)
+        w2.wait()
+        w2 = deployment.start_worker("w2")
+    traffic.join(timeout=120)
+    assert traffic.error is None, traffic.error
     wait_for(
-        "every interaction applied",
-        lambda: deployment.applied("interactions") == len(interactions),
+        "every event applied",
+        lambda: applied_all(deployment, len(items), len(events)),
         timeout_s=180,
     )
     store = RedisStore(deployment.redis_url)
@@ -139,8 +205,7 @@ def test_two_workers_in_one_group_split_the_work_and_reach_the_same_state(
     finally:
         store.close()
     # Both workers took a share of the partitions.
-    import orjson
-
     applied = {w: orjson.loads(b)["applied"] for w, b in beats.items()}
     assert set(applied) == {"w1", "w2"} and all(n > 0 for n in applied.values()), applied
-    assert_same_state(redis_state(deployment), ground_truth(deployment, items, interactions))
+    verified(deployment)
+    assert_same_state(redis_state(deployment), ground_truth(deployment, items, events))
