@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from features.keys import Keys
 from features.settings import FeatureSettings
@@ -105,6 +106,7 @@ def verified(deployment: Deployment) -> dict[str, Any]:
     out = result.stdout.decode().strip().splitlines()
     assert result.returncode == 0, (out[-1:], result.stderr.decode()[-3000:])
     report: dict[str, Any] = orjson.loads(out[-1])
+    print("verify:", out[-1])
     assert report["keys_different"] == report["lost"] == report["doubled"] == 0, report
     return report
 
@@ -209,3 +211,18 @@ def test_two_workers_in_one_group_one_killed_reach_the_same_state(
     assert set(applied) == {"w1", "w2"} and all(n > 0 for n in applied.values()), applied
     verified(deployment)
     assert_same_state(redis_state(deployment), ground_truth(deployment, items, events))
+
+    # verify does see a difference: one count doubled, one user's seen set gone.
+    keys = deployment.keys
+    client = redis.Redis.from_url(deployment.redis_url)
+    try:
+        item, _ = client.zrange(keys.popularity_all_time(), 0, 0, withscores=True)[0]
+        client.zincrby(keys.popularity_all_time(), 1.0, item)
+        user = next(e.user_id for e in events if not isinstance(e, Item))
+        client.delete(keys.seen(user))
+    finally:
+        client.close()
+    result = deployment.cli("verify")
+    assert result.returncode == 1, result.stderr.decode()[-2000:]
+    report = orjson.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert (report["keys_different"], report["lost"], report["doubled"]) == (2, 1, 1), report
