@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from serving.api_models import ACCESS_ERRORS
 from serving.dashboard import routes as dashboard
@@ -59,7 +60,8 @@ def create_app(settings: ServingSettings, build_resources: Callable[[], Resource
             funnel.close()
             resources.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from local files (the wheel's), never a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="streamrec",
         summary="Real-time recommendations from an event stream.",
         version="0.1.0",
