@@ -158,6 +158,12 @@ class PipelinedWorker(Worker):
                 cache.landmarks.update(op.fields)
         return batch, last, events
 
+    def _stored_watermarks(self, topics: list[str]) -> dict[TopicPartition, int]:
+        """What the store has, under what this worker's commits in flight will write."""
+        marks = super()._stored_watermarks(topics)
+        marks.update({tp: m for tp, m in self.cache.watermarks.items() if tp[0] in topics})
+        return marks
+
     def _known_while_planning(self) -> KnownIds:
         """Ids the store holds, or the commit in flight is writing: a re-send in the next
         batch must be caught before that commit lands. Unlike the synchronous path's, it

@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: Longest event time a partition's feeds wait for its clicks to catch up (see
+#: :meth:`Worker._feedback_clocks`); within the records' lifetime (streams/feedback.py).
+CLICKS_IDLE_MAX_MS = 3_600_000
+
+
 class _Stopped(Exception):
     """The worker was told to stop while waiting for the store."""
 
@@ -291,10 +296,38 @@ class Worker:
         for msg, reason in rejects:
             self._reject(msg, reason)
             rejected.add(((msg.topic, msg.partition), msg.offset))
-        for topic, partition in {(m.topic, m.partition) for m in messages}:
-            if topic == self.topics.impressions and (topic, partition) in watermarks:
-                events.impression_clocks[partition] = watermarks[(topic, partition)]
+        events.impression_clocks = self._feedback_clocks(messages, watermarks)
         return events
+
+    def _feedback_clocks(
+        self, messages: list[RawMessage], watermarks: dict[TopicPartition, int]
+    ) -> dict[int, int]:
+        """The event time up to which each partition's served feeds may close: the lower of
+        its impressions' and its clicks' (a user's feeds and clicks share a partition
+        number). A feed thus closes only once the clicks of its window are applied, however
+        the two topics' backlogs interleave after a restart."""
+        imp, clicks = self.topics.impressions, self.topics.interactions
+        partitions = sorted({m.partition for m in messages if m.topic in (imp, clicks)})
+        if not partitions:
+            return {}
+        marks = dict(watermarks)
+        if any((t, p) not in marks for p in partitions for t in (imp, clicks)):
+            for (t, p), mark in self._stored_watermarks([imp, clicks]).items():
+                marks.setdefault((t, p), mark)
+        # A clicks partition that stays idle (its users browse without a single interaction)
+        # holds its feeds back no longer than this, or their records would expire unlearned.
+        idle_ms = min(self.settings.allowed_lateness_ms, CLICKS_IDLE_MAX_MS)
+        out: dict[int, int] = {}
+        for p in partitions:
+            shown, clicked = marks.get((imp, p)), marks.get((clicks, p))
+            if shown is not None:
+                # No click on the partition yet: nothing to wait for.
+                out[p] = shown if clicked is None else max(min(shown, clicked), shown - idle_ms)
+        return out
+
+    def _stored_watermarks(self, topics: list[str]) -> dict[TopicPartition, int]:
+        """Event-time watermarks as the store has them (the pipelined worker adds its own)."""
+        return self._read_checkpoint(topics)[1]
 
     def _compute_and_commit(
         self,

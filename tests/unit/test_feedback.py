@@ -60,6 +60,11 @@ def click(item: str, ts: int, request_id: str | None = None, user: str = "u") ->
     )
 
 
+def view(ts: int, user: str = "u") -> Interaction:
+    """Any interaction moves its partition's clicks clock, which a feed's closing waits for."""
+    return Interaction(event_id=f"v-{ts}", user_id=user, item_id="zz", type="view", ts=ts)
+
+
 class Stream:
     """Phases applied one after another to one store, through one bus."""
 
@@ -81,7 +86,8 @@ def test_a_click_with_its_request_id_is_a_reward_once_the_window_closes() -> Non
     stream.apply([impression("r1", T0)])
     stream.apply([click("a", T0 + 5_000, "r1"), click("a", T0 + 6_000, "r1")])
     assert stream.posteriors() == {}  # nothing is learned while the window is open
-    stream.apply([impression("r2", T0 + 61_000)])  # the partition's clock passes r1's window
+    # The partition's clocks (impressions and clicks) pass r1's window.
+    stream.apply([impression("r2", T0 + 61_000), view(T0 + 61_000)])
     assert stream.posteriors() == {"trending": (1.0, 1.0), "fresh": (1.0, 0.0)}
     assert stream.store.zcard(KEYS.impressions("u")) == 1  # r2 is still open
 
@@ -90,7 +96,7 @@ def test_a_click_without_request_id_goes_to_the_latest_feed_that_showed_the_item
     stream = Stream()
     stream.apply([impression("r1", T0), impression("r2", T0 + 1_000)])
     stream.apply([click("b", T0 + 2_000)])
-    stream.apply([impression("r3", T0 + 70_000)])
+    stream.apply([impression("r3", T0 + 70_000), view(T0 + 70_000)])
     # r1 and r2 each count two pulls; only r2's "b" was clicked.
     assert stream.posteriors() == {"trending": (2.0, 0.0), "fresh": (2.0, 1.0)}
 
@@ -155,5 +161,27 @@ def test_a_click_applied_before_its_impression_still_counts(with_request_id: boo
     assert stream.store.zcard(KEYS.pending_clicks("u")) == 1
     stream.apply([impression("r1", T0)])
     assert stream.store.zcard(KEYS.pending_clicks("u")) == 0
-    stream.apply([impression("r2", T0 + 61_000)])
+    stream.apply([impression("r2", T0 + 61_000), view(T0 + 61_000)])
     assert stream.posteriors() == {"trending": (1.0, 0.0), "fresh": (1.0, 1.0)}
+
+
+def test_a_backlog_of_feeds_applied_before_its_clicks_closes_no_feed_without_them() -> None:
+    """After a restart the impressions backlog may be fetched before the clicks of the same
+    span: the feeds must still close with their clicks, as they did live."""
+    warm: list[Event] = [impression("r0", T0), click("a", T0 + 500, "r0")]
+    feeds, clicks = [], []
+    for n in range(1, 6):
+        ts = T0 + n * 30_000
+        feeds.append(impression(f"r{n}", ts))
+        clicks.append(click("b" if n % 2 else "a", ts + 500, f"r{n}"))
+    later: list[Event] = [impression("r9", T0 + 900_000), click("a", T0 + 900_500, "r9")]
+    live, restarted = Stream(), Stream()
+    live.apply(warm)
+    live.apply([e for pair in zip(feeds, clicks, strict=True) for e in pair])
+    live.apply(later)
+    restarted.apply(warm)
+    restarted.apply(list(feeds))  # the impressions backlog first
+    restarted.apply(list(clicks))
+    restarted.apply(later)
+    assert restarted.posteriors() == live.posteriors()
+    assert live.posteriors()["fresh"][1] == 3.0  # r1, r3 and r5 were clicked on b
