@@ -77,7 +77,8 @@ class CatalogGate:
         self.check_every_s = check_every_s
         self.clock = clock
         self.stats = GateStats()
-        #: Last items offset handed to the worker, per partition (it applies them in order).
+        #: Last items offset known applied or handed to the worker (which applies them in
+        #: order), per partition.
         self.emitted: dict[int, int] = {}
         #: Items partition -> last offset that must be applied before the others go on.
         self.targets: dict[int, int] | None = None
@@ -187,9 +188,11 @@ class CatalogGate:
         if not behind:
             return behind
         try:
-            return catalog_behind(ends, self._with_stored(self.stored_items()))
+            stored = self.stored_items()
         except StoreUnavailableError:
             return behind  # the worker's own store calls wait the outage out
+        self._remember(stored)
+        return catalog_behind(ends, self._with_stored(stored))
 
     def _hold(self, messages: list[RawMessage]) -> None:
         """Keep ``messages`` until the catalog is applied, and stop fetching their
@@ -219,9 +222,11 @@ class CatalogGate:
         left = catalog_behind(ends, self.emitted)
         if left:
             try:
-                left = catalog_behind(ends, self._with_stored(self.stored_items()))
+                stored = self.stored_items()
             except StoreUnavailableError:
                 return False
+            self._remember(stored)
+            left = catalog_behind(ends, self._with_stored(stored))
         waited = now - self._since
         if not left:
             log.info("catalog applied in %.2f s; the other topics go on", waited)
@@ -236,6 +241,15 @@ class CatalogGate:
             )
             return True
         return False
+
+    def _remember(self, stored: Mapping[int, int]) -> None:
+        """Keep what the store holds of this worker's own items partitions (nobody else
+        writes them), so that the next batches need not ask again. Other workers' are asked
+        each time: a store that lost them must hold the other topics back again."""
+        assigned = self.source.assigned
+        for p, offset in stored.items():
+            if (self.items_topic, p) in assigned and offset > self.emitted.get(p, -1):
+                self.emitted[p] = offset
 
     def _with_stored(self, stored: Mapping[int, int]) -> dict[int, int]:
         """Last applied items offset per partition: handed out here, or held by the store."""
