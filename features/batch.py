@@ -56,6 +56,15 @@ class ZScale:
 
 
 @dataclass(frozen=True, slots=True)
+class ZScalePrefix:
+    """Multiply every score of every sorted set whose key starts with ``prefix`` (a landmark
+    rotation of a family with a key per item, such as co-visitation); atomic with the batch."""
+
+    prefix: str
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
 class HSet:
     """Set fields of a hash."""
 
@@ -102,6 +111,7 @@ Op = (
     | ZRemBelow
     | ZKeepTop
     | ZScale
+    | ZScalePrefix
     | HSet
     | HSetNX
     | SetBytes
@@ -176,6 +186,10 @@ class WriteBatch:
         """Multiply every score of a sorted set."""
         self._append(ZScale(key, factor))
 
+    def zscale_prefix(self, prefix: str, factor: float) -> None:
+        """Multiply every score of every sorted set under ``prefix``."""
+        self._append(ZScalePrefix(prefix, factor))
+
     def hset(self, key: str, fields: Mapping[str, str]) -> None:
         """Set hash fields."""
         if fields:
@@ -200,7 +214,11 @@ class WriteBatch:
 
     def _append(self, op: Op) -> None:
         # A later increment must not merge across a write that reads or resets the same key.
-        self._open_incr.pop(op.key, None)
+        if isinstance(op, ZScalePrefix):
+            for key in [k for k in self._open_incr if k.startswith(op.prefix)]:
+                del self._open_incr[key]
+        else:
+            self._open_incr.pop(op.key, None)
         self._ops.append(op)
 
     def __iter__(self) -> Iterator[Op]:

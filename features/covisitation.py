@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from features.batch import WriteBatch
 from features.decay import decay_rate, forward_weight, read_factor
 from features.keys import Keys
-from features.landmarks import aligned_landmark
+from features.landmarks import batch_landmark
 from features.settings import FeatureSettings
 from features.store import Store
 
-#: Field of the landmarks hash for co-visitation. With a 7-day half-life the stored exponent
-#: stays below 300 for ~8 years after the landmark; rescaling every item's list at once is not
-#: an atomic option, so a deployment that outlives that re-landmarks offline.
+#: Field of the landmarks hash for co-visitation. It moves like the other families' when an
+#: event would push the stored exponent too far (every ~35 years of event time at the 30-day
+#: half-life): one script rescales every item's row in the same commit (``zscale_prefix``).
 FAMILY = "covis"
 
 
@@ -97,14 +97,16 @@ class Covisitation:
         after: dict[str, list[tuple[str, float]]] = {}
         if not any(visits.values()):
             return after
-        stored = landmarks.get(FAMILY)
-        batch.guard(self.keys.landmarks(), FAMILY, stored)
-        if stored is None:
-            first = min(v.ts_ms for vs in visits.values() for v in vs)
-            landmark = aligned_landmark(first / 1000.0)
-            batch.hset(self.keys.landmarks(), {FAMILY: repr(landmark)})
-        else:
-            landmark = float(stored)
+        times = [v.ts_ms / 1000.0 for vs in visits.values() for v in vs]
+        landmark = batch_landmark(
+            batch,
+            self.keys,
+            landmarks,
+            FAMILY,
+            self.rate,
+            (min(times), max(times)),
+            lambda factor: batch.zscale_prefix(self.keys.covisitation_prefix(), factor),
+        )
         # item -> neighbour -> amount, merged in plain dicts before touching the batch.
         pairs: dict[str, dict[str, float]] = {}
         for user, user_visits in visits.items():

@@ -69,7 +69,11 @@ class Keys:
 
     def covisitation(self, item_id: str) -> str:
         """Sorted set of an item's co-visited neighbours, forward-decayed, bounded."""
-        return f"{self._prefix}:covis:{item_id}"
+        return f"{self.covisitation_prefix()}{item_id}"
+
+    def covisitation_prefix(self) -> str:
+        """What every co-visitation row's key starts with."""
+        return f"{self._prefix}:covis:"
 
     def seen(self, user_id: str) -> str:
         """Sorted set of items a user interacted with, scored by event time (ms)."""

@@ -15,13 +15,28 @@ from features.batch import WriteBatch
 from features.decay import needs_rotation, rotation_factor
 from features.keys import Keys
 
-#: New and rotated landmarks are whole hours: runs over the same events pick the same ones.
+#: New and rotated landmarks are whole hours (for short half-lives, shorter steps): runs over
+#: the same events pick the same ones.
 LANDMARK_ALIGN_S = 3600.0
+#: Most decay exponent one alignment step may add (a 1 s half-life must not step by an hour).
+STEP_EXPONENT = 64.0
 
 
-def aligned_landmark(t_s: float) -> float:
+def landmark_step(rate: float) -> float:
+    """Seconds between the landmarks a family with decay rate ``rate`` may take.
+
+    Examples:
+        >>> from features.decay import decay_rate
+        >>> landmark_step(decay_rate(86400.0)), round(landmark_step(decay_rate(1.0)), 1)
+        (3600.0, 92.3)
+    """
+    return min(LANDMARK_ALIGN_S, STEP_EXPONENT / rate)
+
+
+def aligned_landmark(t_s: float, rate: float) -> float:
     """The landmark a new or rotated family gets for event time ``t_s``."""
-    return math.floor(t_s / LANDMARK_ALIGN_S) * LANDMARK_ALIGN_S
+    step = landmark_step(rate)
+    return math.floor(t_s / step) * step
 
 
 def batch_landmark(
@@ -35,13 +50,17 @@ def batch_landmark(
 ) -> float:
     """The landmark of ``family`` for a batch whose events span ``span_s`` (oldest, newest):
     guarded as read, set on first use, and moved when needed, calling ``rescale(factor)`` to
-    queue the rescaling of every key of the family.
+    queue the rescaling of every key of the family. The landmark follows the newest event, so
+    a gap of any length (inside the batch or since the last one) is one step: older events
+    get negative exponents, never an overflow.
 
     Examples:
         >>> from features.decay import decay_rate
         >>> keys, hourly = Keys("t"), decay_rate(3600.0)
         >>> batch_landmark(WriteBatch(), keys, {}, "f", hourly, (7300.0, 7400.0), print)
         7200.0
+        >>> batch_landmark(WriteBatch(), keys, {}, "f", hourly, (0.0, 6.3e11), print)  # 20,000 y
+        630000000000.0
         >>> factors: list[float] = []
         >>> batch_landmark(
         ...     WriteBatch(), keys, {"f": "0.0"}, "f", hourly, (1.9e6, 2e6), factors.append
@@ -50,16 +69,16 @@ def batch_landmark(
         >>> [f"{f:.3g}" for f in factors]
         ['8.48e-168']
     """
-    oldest, newest = span_s
+    _oldest, newest = span_s
     stored = landmarks.get(family)
     batch.guard(keys.landmarks(), family, stored)
     if stored is None:
-        landmark = aligned_landmark(oldest)
+        landmark = aligned_landmark(newest, rate)
     else:
         landmark = float(stored)
         if not needs_rotation(newest, landmark, rate):
             return landmark
-        moved = aligned_landmark(newest)
+        moved = aligned_landmark(newest, rate)
         rescale(rotation_factor(landmark, moved, rate))
         landmark = moved
     batch.hset(keys.landmarks(), {family: repr(landmark)})

@@ -102,10 +102,11 @@ class PipelinedWorker(Worker):
             self.cache.clear()
             self.apply_messages(messages, stop, rejected)
             return
-        except StoreUnavailableError as exc:
+        except (StoreUnavailableError, ArithmeticError, ValueError) as exc:
             # Land (or redo) the commit in flight first, or its batch could be skipped; the
-            # synchronous path then waits out the outage with backoff.
-            log.info("store read failed while planning (%s); applying synchronously", exc)
+            # synchronous path then waits out an outage with backoff, or sets aside the
+            # event the processors cannot represent.
+            log.info("planning failed (%s); applying synchronously", exc)
             with contextlib.suppress(_InflightFailed):
                 self._finish(stop)
             self.cache.clear()

@@ -232,6 +232,10 @@ class Worker:
                 )
                 self._with_store(commit, stop)
                 break
+            except (ArithmeticError, ValueError) as exc:
+                # Nothing was written. Some event the processors cannot represent must not
+                # crash-loop the stream: find it, dead-letter it, apply the rest.
+                return self._isolate(messages, stop, rejected, exc)
             except ConflictError as exc:
                 # A shared landmark moved, or the offsets moved (another worker took over the
                 # partition, or a commit whose reply was lost did land): start again from the
@@ -243,6 +247,30 @@ class Worker:
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
         return len(events)
+
+    def _isolate(
+        self,
+        messages: list[RawMessage],
+        stop: threading.Event | None,
+        rejected: set[tuple[TopicPartition, int]],
+        exc: Exception,
+    ) -> int:
+        """Apply ``messages`` in halves (each partition stays in order) until the message
+        that cannot be applied is alone; dead-letter it with the reason."""
+        fresh = [m for m in messages if ((m.topic, m.partition), m.offset) not in rejected]
+        if not fresh:
+            raise exc  # not an event's doing
+        if len(fresh) == 1:
+            for msg in fresh:
+                log.error("message %s/%d@%d cannot be applied: %r", *_at(msg), exc)
+                self._reject(msg, f"cannot be applied: {type(exc).__name__}: {exc}")
+                rejected.add(((msg.topic, msg.partition), msg.offset))
+            self.dead_letter.flush()
+            return self._apply(messages, stop, rejected)  # commits the offsets past it
+        half = len(messages) // 2
+        return self._apply(messages[:half], stop, rejected) + self._apply(
+            messages[half:], stop, rejected
+        )
 
     def _known_ids(self, stop: threading.Event | None) -> KnownIds:
         """Which ids a partition applied, as stored (waiting out a store outage)."""
@@ -507,6 +535,10 @@ class Worker:
             self.store.commit(batch)
         except StoreUnavailableError:
             pass  # the outage is already logged by the batch path; /health sees it directly
+
+
+def _at(msg: RawMessage) -> tuple[str, int, int]:
+    return msg.topic, msg.partition, msg.offset
 
 
 def _percentiles(values: deque[float]) -> dict[str, float | None]:

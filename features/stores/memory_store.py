@@ -21,6 +21,7 @@ from features.batch import (
     ZRem,
     ZRemBelow,
     ZScale,
+    ZScalePrefix,
 )
 from features.errors import ConflictError
 
@@ -112,12 +113,10 @@ class InMemoryStore:
                     self._low.pop(key, None)
                     self._high.pop(key, None)
             case ZScale(key, factor):
-                zset = self._live_zset(key)
-                if zset is not None:
-                    for member in zset:
-                        zset[member] *= factor
-                    self._low.pop(key, None)
-                    self._high.pop(key, None)
+                self._scale(key, factor)
+            case ZScalePrefix(prefix, factor):
+                for key in [k for k in self._zsets if k.startswith(prefix)]:
+                    self._scale(key, factor)
             case HSet(key, fields):
                 self._expire_if_due(key)
                 self._hashes.setdefault(key, {}).update(fields)
@@ -163,6 +162,14 @@ class InMemoryStore:
         self._hashes.pop(key, None)
         self._values.pop(key, None)
         self._expiry.pop(key, None)
+
+    def _scale(self, key: str, factor: float) -> None:
+        zset = self._live_zset(key)
+        if zset is not None:
+            for member in zset:
+                zset[member] *= factor
+            self._low.pop(key, None)
+            self._high.pop(key, None)
 
     def _live_zset(self, key: str) -> dict[str, float] | None:
         self._expire_if_due(key)

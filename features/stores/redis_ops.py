@@ -27,6 +27,7 @@ from features.batch import (
     ZRem,
     ZRemBelow,
     ZScale,
+    ZScalePrefix,
 )
 
 #: Prefix of the error the script returns when a guard fails (and nothing was written).
@@ -69,6 +70,19 @@ for _, op in ipairs(ops) do
     redis.call('ZREMRANGEBYRANK', key, 0, -(payload + 1))
   elseif code == 'S' then
     redis.call('ZUNIONSTORE', key, 1, key, 'WEIGHTS', payload)
+  elseif code == 'P' then
+    -- payload: {SCAN MATCH pattern, factor}. The keys are found here, inside the script, so
+    -- a key another worker created a moment ago is rescaled too.
+    local cursor = '0'
+    repeat
+      local reply = redis.call('SCAN', cursor, 'MATCH', payload[1], 'COUNT', 1000)
+      cursor = reply[1]
+      for _, found in ipairs(reply[2]) do
+        if redis.call('TYPE', found).ok == 'zset' then
+          redis.call('ZUNIONSTORE', found, 1, found, 'WEIGHTS', payload[2])
+        end
+      end
+    until cursor == '0'
   elseif code == 'H' or code == 'N' then
     local command = code == 'H' and 'HSET' or 'HSETNX'
     for j = 1, #payload, 2 do
@@ -181,6 +195,9 @@ def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
                 out.append(["K", key_of(key), keep])
             case ZScale(key, factor):
                 out.append(["S", key_of(key), factor])
+            case ZScalePrefix(prefix, factor):
+                # No key index: the script finds the keys itself (the first key stands in).
+                out.append(["P", key_of(prefix), [glob_escape(prefix) + "*", factor]])
             case HSet(key, fields) | HSetNX(key, fields):
                 flat = [x for pair in fields.items() for x in pair]
                 out.append(["H" if isinstance(op, HSet) else "N", key_of(key), flat])
@@ -198,3 +215,8 @@ def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
 
 
 _MSGPACK = msgspec.msgpack.Encoder()
+
+
+def glob_escape(text: str) -> str:
+    """Escape SCAN MATCH metacharacters (key prefixes contain braces and may contain []?*)."""
+    return "".join("\\" + c if c in "[]?*\\" else c for c in text)

@@ -23,6 +23,7 @@ from features.stores.redis_ops import (
     VALUES_AND_TOPS_LUA,
     ZSCORES_MANY_LUA,
     encode_ops,
+    glob_escape,
 )
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class RedisStore:
         """Every key under ``prefix`` with its value, in the shapes InMemoryStore.dump uses."""
         client: Any = self._client  # redis-py's bytes/str unions do not narrow here
         out: dict[str, object] = {}
-        for raw_key in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+        for raw_key in client.scan_iter(match=glob_escape(prefix) + "*", count=1000):
             key = raw_key.decode()
             kind = client.type(raw_key).decode()
             if kind == "zset":
@@ -215,11 +216,6 @@ class RedisStore:
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
-
-
-def _glob_escape(text: str) -> str:
-    """Escape SCAN MATCH metacharacters (key prefixes contain braces and may contain []?*)."""
-    return "".join("\\" + c if c in "[]?*\\" else c for c in text)
 
 
 def _pairs(row: list[bytes]) -> list[tuple[str, float]]:

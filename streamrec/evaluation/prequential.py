@@ -306,6 +306,9 @@ class PrequentialRun:
         series = [w for w in self.series if w.count]
         return {
             "events": self.events,
+            # Events the embedded worker set aside (bad input, or state it cannot represent):
+            # a valid stream gives 0.
+            "dead_lettered": self.worker.stats.dead_lettered,
             "evaluated": self.evaluated,
             "warm_evaluated": self.warm_evaluated,
             "warmup": self.options.warmup,

@@ -120,15 +120,9 @@ def test_increments_commute_across_batches() -> None:
     apply(bandit, backward, second)
     apply(bandit, backward, first)
 
-    # Same landmark (from the oldest outcome): the stored numbers themselves agree.
-    state, split = one.dump(bandit.keys.prefix), forward.dump(bandit.keys.prefix)
-    assert state.keys() == split.keys()
-    assert split.pop(bandit.keys.landmarks()) == state.pop(bandit.keys.landmarks())
-    for key, zset in state.items():
-        assert split[key] == pytest.approx(zset)
-
-    # Reversed, the landmark is a later one, but every decayed read is the same.
-    assert landmark(backward, bandit) > landmark(one, bandit)
+    # Each run's landmark follows the newest outcome of its first batch, so the stored
+    # numbers differ between runs, but every decayed read is the same.
+    assert landmark(forward, bandit) < landmark(one, bandit) == landmark(backward, bandit)
     now_s = T0_MS / 1000 + 3 * HOUR
     for store in (forward, backward):
         assert sorted(bandit.segments(store)) == sorted(bandit.segments(one))

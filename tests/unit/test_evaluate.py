@@ -128,3 +128,24 @@ def test_a_bad_column_mapping_stops_with_one_line_naming_the_column(tmp_path: Pa
     )
     assert result.exit_code == 2
     assert "Item" in result.output
+
+
+def test_a_stream_that_jumps_nineteen_years_is_evaluated_without_a_crash(tmp_path: Path) -> None:
+    """The six events of issue 19: 1995, then 2015. The co-visitation landmark set by the
+    first pair must move for the later pairs, not overflow (with the 7-day half-life of the
+    report, and a 1-hour one: ~165,000 half-lives)."""
+    data = tmp_path / "jump.tsv"
+    data.write_text(
+        "user\titem\tts\nu1\ti1\t800000000\nu1\ti2\t800000100\nu2\ti1\t1450000000\n"
+        "u2\ti2\t1450000100\nu3\ti1\t1450000200\nu3\ti2\t1450000300\n"
+    )
+    for half_life_s in ("604800", "3600"):
+        result = CliRunner().invoke(
+            app,
+            ["evaluate", str(data), "--columns", "user=user,item=item,ts=ts", "--ts-unit", "s"],
+            env={"STREAMREC_FEATURES__COVISITATION_HALF_LIFE_S": half_life_s},
+        )
+        assert result.exit_code == 0, result.output
+        last = json.loads(result.output.strip().splitlines()[-1])
+        assert last["events"] == 6 and last["input"]["rejected"] == 0
+        assert last["dead_lettered"] == 0

@@ -9,12 +9,14 @@ import pytest
 from features.batch import WriteBatch
 from features.errors import StoreUnavailableError
 from features.keys import Keys
+from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from streams.bus import InProcessBus
 from streams.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from streams.pipeline import run_pipeline
 from streams.schema import Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
+from streams.worker_processors import default_processors
 
 NOW = 1_800_000_000_000
 KEYS = Keys("sr")
@@ -341,3 +343,34 @@ def test_whether_a_copy_is_a_re_send_does_not_depend_on_batch_cuts(batch_size: i
     ]
     assert worker.stats.applied == 4 and worker.stats.resent == 2
     assert store.zscores(KEYS.popularity_all_time(), ["i1"]) == [8.0]  # four clicks of 2
+
+
+class Unrepresentable:
+    """A processor whose arithmetic cannot hold one item's events (as an overflowing decay
+    would): the worker must set that event aside, not crash-loop on its batch."""
+
+    name = "unrepresentable"
+
+    def apply(self, events: object, reads: object, batch: WriteBatch) -> None:
+        if any(e.item_id == "boom" for e in events.interactions):  # type: ignore[attr-defined]
+            raise OverflowError("math range error")
+
+
+def test_an_event_the_processors_cannot_represent_is_dead_lettered_and_the_rest_applied() -> None:
+    keys = Keys("sr")
+    events = [
+        Interaction(
+            event_id=f"e{i}",
+            user_id=f"u{i}",
+            item_id="boom" if i == 6 else "a",
+            type="click",
+            ts=1_000 + i,
+        )
+        for i in range(10)
+    ]
+    processors = [Unrepresentable(), *default_processors(keys, FeatureSettings())]
+    store, worker, bus = run_pipeline(events, processors=processors)
+    assert worker.stats.applied == 9 and worker.stats.dead_lettered == 1
+    (dead,) = bus.read(bus.topics.dead_letter)
+    assert b"cannot be applied: OverflowError: math range error" in dead.headers[REASON]
+    assert all(store.zcard(keys.seen(f"u{i}")) == (0 if i == 6 else 1) for i in range(10))
