@@ -32,7 +32,8 @@ YEAR_MS = int(365.25 * 86_400_000)
 T1971 = 31_536_000_000
 #: The last part is five years ahead of the wall clock: the worker is told to allow it.
 MAX_FUTURE_MS = 7 * YEAR_MS
-FEATURES = FeatureSettings(covisitation_neighbours=10_000)
+#: A 1-day co-visitation half-life, so that 30 years (~11,000 half-lives) must move it too.
+FEATURES = FeatureSettings(covisitation_neighbours=10_000, covisitation_half_life_s=86_400.0)
 DIM = FEATURES.embedding_dim
 
 
@@ -44,6 +45,7 @@ def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
         env={
             "STREAMREC_WORKER__MAX_FUTURE_MS": str(MAX_FUTURE_MS),
             "STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(FEATURES.covisitation_neighbours),
+            "STREAMREC_FEATURES__COVISITATION_HALF_LIFE_S": str(FEATURES.covisitation_half_life_s),
         },
     )
     try:
