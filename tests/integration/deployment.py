@@ -7,12 +7,16 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 
 import httpx
 from confluent_kafka.admin import AdminClient
 
 from features.keys import Keys
 from features.stores.redis_store import RedisStore
+from streams.producer import EventProducer
+from streams.schema import Event
+from streams.settings import TopicSettings
 from tests.helpers import free_port, start, stop, wait_for
 
 
@@ -114,3 +118,11 @@ class Deployment:
         store = RedisStore(self.redis_url)
         store.flush_namespace("{" + self.namespace + "}:*")
         store.close()
+
+
+def produce(deployment: Deployment, events: Sequence[Event], linger_ms: int = 50) -> None:
+    """Send ``events`` to the deployment's topics through the SDK, and wait for delivery."""
+    topics = TopicSettings(**dict(deployment.topics))
+    with EventProducer(deployment.bootstrap, topics, linger_ms=linger_ms) as producer:
+        for event in events:
+            producer.send(event)

@@ -26,9 +26,7 @@ from streamrec.services.process import _running, _signal_group, _stop
 from streamrec.services.redis import _redis_answers, _start_redis
 from streamrec.settings import ServicesSettings, load_settings
 from streams.pipeline import run_pipeline
-from streams.producer import EventProducer
 from streams.schema import Event, Item
-from streams.settings import TopicSettings
 from streams.simulator import SimulatorConfig, StreamSimulator
 from tests.helpers import free_port, stop, wait_for
 from tests.integration.deployment import Deployment
@@ -150,13 +148,6 @@ def simulated(n: int, seed: int, items: int = 3_000) -> tuple[list[Item], list[E
     sim = StreamSimulator(config, seed=seed)
     start = int(time.time() * 1000) - 6 * 3_600_000
     return list(sim.initial_items(start)), list(sim.events(n, start_ms=start))
-
-
-def produce(deployment: Deployment, events: Sequence[Event]) -> None:
-    topics = TopicSettings(**dict(deployment.topics))
-    with EventProducer(deployment.bootstrap, topics, linger_ms=50) as producer:
-        for event in events:
-            producer.send(event)
 
 
 def ground_truth(

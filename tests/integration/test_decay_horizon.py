@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -19,11 +19,10 @@ from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
 from streams.pipeline import run_pipeline
-from streams.producer import EventProducer
 from streams.schema import Event, Interaction, Item
-from streams.settings import TopicSettings, WorkerSettings
+from streams.settings import WorkerSettings
 from tests.helpers import wait_for
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, produce
 from tests.state import assert_same_state, readable_state
 
 pytestmark = pytest.mark.integration
@@ -67,13 +66,6 @@ def burst(rng: random.Random, start_ms: int, n: int, tag: str) -> list[Event]:
         )
         for k in range(n)
     ]
-
-
-def produce(deployment: Deployment, events: Sequence[Event]) -> None:
-    topics = TopicSettings(**dict(deployment.topics))
-    with EventProducer(deployment.bootstrap, topics, linger_ms=20) as producer:
-        for event in events:
-            producer.send(event)
 
 
 def test_thirty_year_jumps_in_a_batch_and_across_batches_keep_the_worker_exact(

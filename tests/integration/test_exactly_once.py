@@ -30,7 +30,7 @@ from streams.schema import Event, Item
 from streams.settings import TopicSettings
 from streams.simulator import SimulatorConfig, StreamSimulator
 from tests.helpers import wait_for
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, produce
 from tests.state import assert_same_state, readable_state
 
 pytestmark = pytest.mark.integration
@@ -91,13 +91,6 @@ class LiveTraffic(threading.Thread):
                             time.sleep(ahead)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
-
-
-def produce(deployment: Deployment, events: Sequence[Event]) -> None:
-    topics = TopicSettings(**{k: v for k, v in deployment.topics.items()})
-    with EventProducer(deployment.bootstrap, topics, linger_ms=50) as producer:
-        for event in events:
-            producer.send(event)
 
 
 def verified(deployment: Deployment) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from streams.producer import EventProducer
 from streams.schema import Event, Interaction, Item, encode
 from streams.settings import TopicSettings
 from tests.helpers import start, stop, wait_for
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, produce
 from tests.integration.faults import (
     FEATURES_ENV,
     PrivateKafka,
@@ -36,7 +36,6 @@ from tests.integration.faults import (
     cleaned_up,
     ground_truth,
     log_text,
-    produce,
     redis_state,
     simulated,
     stopped_at_exit,
