@@ -62,6 +62,33 @@ def test_scale_multiplies_every_score(store: Store, keys: Keys) -> None:
     assert store.top(k, 5) == [("b", 2.0), ("a", 0.5)]
 
 
+def test_scale_prefix_multiplies_every_sorted_set_under_it_and_nothing_else(
+    store: Store, keys: Keys
+) -> None:
+    rows = [keys.covisitation(i) for i in ("a", "b[1]", "c*")]
+    other = keys.trending(3600.0)
+
+    def fill(b: WriteBatch) -> None:
+        for n, row in enumerate(rows):
+            b.zincrby(row, "x", 2.0 + n)
+        b.zincrby(other, "x", 2.0)
+        b.hset(keys.covisitation_prefix() + "not-a-zset", {"f": "v"})
+
+    commit(store, fill)
+    # Increments queued before and after the rescale must not merge across it.
+    commit(
+        store,
+        lambda b: (
+            b.zincrby(rows[0], "y", 1.0),
+            b.zscale_prefix(keys.covisitation_prefix(), 0.5),
+            b.zincrby(rows[0], "y", 1.0),
+        ),
+    )
+    assert [dict(store.top(r, 5)) for r in rows] == [{"x": 1.0, "y": 1.5}, {"x": 1.5}, {"x": 2.0}]
+    assert store.top(other, 5) == [("x", 2.0)]
+    assert store.hgetall(keys.covisitation_prefix() + "not-a-zset") == {"f": "v"}
+
+
 def test_keep_top_drops_the_lowest(store: Store, keys: Keys) -> None:
     k = keys.seen("u")
     commit(store, lambda b: b.zadd(k, {"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0}))
