@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamrec.cli_common import ConfigOption, _setup, _stop_on_signals, console
+from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
 from streamrec.commands import register_all
 
 app = typer.Typer(
@@ -36,7 +36,7 @@ register_all(app, bench_app)
 @config_app.command("show")
 def config_show(config: ConfigOption = None) -> None:
     """Print the effective configuration as JSON."""
-    settings = _setup(config)
+    settings = setup_command(config)
     typer.echo(settings.model_dump_json(indent=2))
 
 
@@ -53,7 +53,7 @@ def topics_create(config: ConfigOption = None) -> None:
     """Create the topics (idempotent)."""
     from streams.kafka_io import create_topics
 
-    settings = _setup(config)
+    settings = setup_command(config)
     for topic, outcome in create_topics(
         settings.kafka_bootstrap, settings.topics, settings.kafka_config
     ).items():
@@ -70,7 +70,7 @@ def produce(
     from streams.jsonl import produce_jsonl
     from streams.producer import EventProducer
 
-    settings = _setup(config)
+    settings = setup_command(config)
     stream = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
     with (
         stream,
@@ -93,8 +93,8 @@ def worker(
     """Consume interactions and items from Kafka and apply them to Redis."""
     from streamrec.wiring import kafka_worker, wait_for_store
 
-    settings = _setup(config)
-    stop = _stop_on_signals()
+    settings = setup_command(config)
+    stop = stop_on_signals()
     w = kafka_worker(settings, worker_id)
     if settings.worker.metrics_port:
         from streams.worker_metrics import WorkerMetrics
@@ -116,7 +116,7 @@ def serve(
     from serving.app import create_app
     from streamrec.wiring import kafka_resources
 
-    settings = _setup(config)
+    settings = setup_command(config)
     serving = settings.serving.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
@@ -135,7 +135,7 @@ def demo(
     """Run everything in one process, no Kafka or Redis: simulator, worker and API."""
     from streamrec.demo import run_demo
 
-    settings = _setup(config)
+    settings = setup_command(config)
     if port is not None:
         settings.serving.port = port
     run_demo(settings, seed=seed, rate=rate, duration_s=duration)
@@ -153,7 +153,7 @@ def services_up(config: ConfigOption = None) -> None:
     """Start local Kafka and Redis (unless STREAMREC_KAFKA_BOOTSTRAP/REDIS_URL are given)."""
     from streamrec import services
 
-    settings = _setup(config)
+    settings = setup_command(config)
     try:
         _print_services(services.services_up(settings))
     except services.ServiceError as exc:
@@ -166,7 +166,7 @@ def services_down(config: ConfigOption = None) -> None:
     """Stop the local Kafka and Redis that `services up` started."""
     from streamrec import services
 
-    _print_services(services.services_down(_setup(config)))
+    _print_services(services.services_down(setup_command(config)))
 
 
 @services_app.command("status")
@@ -174,7 +174,7 @@ def services_status(config: ConfigOption = None) -> None:
     """Show whether Kafka and Redis answer."""
     from streamrec import services
 
-    rows = services.services_status(_setup(config))
+    rows = services.services_status(setup_command(config))
     _print_services(rows)
     if not all(row.running for row in rows):
         raise typer.Exit(1)
@@ -192,7 +192,7 @@ def bench_ingest(
     """Worker events/s into Redis against a bare confluent-kafka consume loop, same topic."""
     from streamrec.bench.ingest import run_ingest_bench
 
-    settings = _setup(config)
+    settings = setup_command(config)
     figures = run_ingest_bench(settings, events=events, seed=seed, with_faust=faust)
     typer.echo(orjson.dumps(figures).decode())
 
@@ -209,7 +209,7 @@ def bench_ann(
     """HNSW inserts/s, QPS and recall@10 while inserts continue, against exact brute force."""
     from streamrec.bench.ann import run_ann_bench
 
-    _setup(None)
+    setup_command(None)
     figures = run_ann_bench(n=n, dim=dim, queries=queries, seed=seed)
     typer.echo(orjson.dumps(figures).decode())
 
@@ -227,7 +227,12 @@ def bench_freshness(
     from streamrec.bench.freshness import run_freshness_bench
 
     figures = run_freshness_bench(
-        _setup(config), rate=rate, seconds=seconds, probes=probes, new_items=new_items, seed=seed
+        setup_command(config),
+        rate=rate,
+        seconds=seconds,
+        probes=probes,
+        new_items=new_items,
+        seed=seed,
     )
     typer.echo(orjson.dumps(figures).decode())
 
@@ -248,7 +253,7 @@ def bench_feed(
     from streamrec.bench.feed import run_feed_bench
 
     figures = run_feed_bench(
-        _setup(config),
+        setup_command(config),
         catalog=catalog,
         rate=rate,
         seconds=seconds,
@@ -276,7 +281,7 @@ def bench_soak(
     from streamrec.bench.soak import run_soak_bench
 
     figures = run_soak_bench(
-        _setup(config),
+        setup_command(config),
         minutes=minutes,
         warmup_minutes=warmup_minutes,
         rate=rate,
@@ -297,7 +302,7 @@ def bench_memory(
     """Redis bytes per item and per active user; the seen-set against a Bloom filter."""
     from streamrec.bench.memory import run_memory_bench
 
-    figures = run_memory_bench(_setup(config), events=events, seed=seed)
+    figures = run_memory_bench(setup_command(config), events=events, seed=seed)
     typer.echo(orjson.dumps(figures).decode())
 
 
@@ -321,7 +326,7 @@ def train_embeddings(
     from streamrec.wiring import validator
     from streams.schema import encode
 
-    settings = _setup(config)
+    settings = setup_command(config)
     for path in (input, items):
         if path is not None and not path.is_file():
             console.print(f"[red]no such file:[/red] {path}")

@@ -21,7 +21,7 @@ console = Console(stderr=True)
 log = logging.getLogger("streamrec")
 
 
-def _setup(config: Path | None, verbose: bool = False) -> Settings:
+def setup_command(config: Path | None, verbose: bool = False) -> Settings:
     logs.configure(verbose)
     try:
         return load_settings(config)
@@ -30,7 +30,7 @@ def _setup(config: Path | None, verbose: bool = False) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -16,7 +16,7 @@ from serving.request_context import request_id
 CONTEXT_FIELDS = ("topic", "partition", "offset", "worker_id", "user_id")
 
 
-class _RequestIdFilter(logging.Filter):
+class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
         return True
@@ -45,7 +45,7 @@ class JsonFormatter(logging.Formatter):
 def configure(verbose: bool = False) -> None:
     """Set up the root logger once for a command."""
     handler = logging.StreamHandler()
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(RequestIdFilter())
     if os.environ.get("STREAMREC_LOG_FORMAT", "text").lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:

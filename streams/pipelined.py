@@ -23,7 +23,7 @@ from features.batch import HSet, WriteBatch
 from features.errors import StoreUnavailableError
 from streams.dedup import KnownIds
 from streams.processors import BatchReads, EventBatch
-from streams.runtime import Worker, _Stopped
+from streams.runtime import StopRequested, Worker
 from streams.state_cache import StateCache
 from streams.transport import RawMessage, TopicPartition
 
@@ -70,14 +70,14 @@ class PipelinedWorker(Worker):
                         self._pipeline(messages, stop)
                     else:
                         self._finish(stop)  # idle: land the last batch now
-                except _Stopped:
+                except StopRequested:
                     break
                 except _InflightFailed:
                     pass  # that batch was applied again synchronously
                 self._maybe_heartbeat()
             try:
                 self._finish(stop)
-            except (_Stopped, _InflightFailed):
+            except (StopRequested, _InflightFailed):
                 pass  # uncommitted batches are consumed again after a restart
         finally:
             self._committer.shutdown(wait=True)

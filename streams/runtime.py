@@ -60,7 +60,7 @@ T = TypeVar("T")
 CLICKS_IDLE_MAX_MS = 3_600_000
 
 
-class _Stopped(Exception):
+class StopRequested(Exception):
     """The worker was told to stop while waiting for the store."""
 
 
@@ -198,7 +198,7 @@ class Worker:
         applied. ``rejected`` holds messages already dead-lettered by an earlier attempt."""
         try:
             return self._apply(messages, stop, set() if rejected is None else rejected)
-        except _Stopped:
+        except StopRequested:
             return 0  # nothing was committed; the batch is consumed again after restart
 
     def _apply(
@@ -472,7 +472,7 @@ class Worker:
         return offsets, watermarks
 
     def _with_store(self, fn: Callable[[], T], stop: threading.Event | None) -> T:
-        """Call ``fn()``, waiting out a store outage with backoff; raise _Stopped if told to."""
+        """Call ``fn()``, waiting out a store outage with backoff; StopRequested if told to."""
         backoff = Backoff()
         stop = stop or threading.Event()
         while True:
@@ -483,7 +483,7 @@ class Worker:
                     log.error("%s; retrying with backoff", exc)
                     self.store_down = True
                 if stop.wait(backoff.next()):
-                    raise _Stopped from None
+                    raise StopRequested from None
                 continue
             if self.store_down:
                 log.info("store reachable again")

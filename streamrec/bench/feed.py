@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.bench.feed_servers import ServerProcess, free_port, run_load
-from streamrec.bench.freshness import _end_offsets, _WorkerRun
+from streamrec.bench.freshness import WorkerRun, worker_end_offsets
 from streamrec.bench.freshness_parts import Load
 from streamrec.bench.isolation import cleanup, isolated_settings
 from streamrec.bench.latency import percentile
@@ -71,7 +71,7 @@ def _stage_figures(traces: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
-def seed_world(run: Settings, sim: StreamSimulator, worker: _WorkerRun, history: int) -> int:
+def seed_world(run: Settings, sim: StreamSimulator, worker: WorkerRun, history: int) -> int:
     """Publish the simulator's catalog, then ``history`` interactions, each applied by the
     worker before the next; return the "now" (ms) the history ends at."""
     now_ms = int(time.time() * 1000)
@@ -85,7 +85,7 @@ def seed_world(run: Settings, sim: StreamSimulator, worker: _WorkerRun, history:
         with EventProducer(run.kafka_bootstrap, run.topics, run.kafka_config) as producer:
             for event in events:
                 producer.send(event)
-        total = sum(_end_offsets(run, topics).values())
+        total = sum(worker_end_offsets(run, topics).values())
         _wait(lambda t=total: worker.applied >= t, SETUP_TIMEOUT_S, "the worker")
     return now_ms
 
@@ -124,7 +124,7 @@ def run_feed_bench(
     """Feed latency (whole and per stage) and requests/s, against a trivial endpoint."""
     run, sim, users = prepare_run(settings, catalog, seed)
     began = time.perf_counter()
-    worker = _WorkerRun(run, own_process=True)
+    worker = WorkerRun(run, own_process=True)
     api: ServerProcess | None = None
     trivial: ServerProcess | None = None
     load: Load | None = None

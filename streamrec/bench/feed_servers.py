@@ -135,7 +135,7 @@ def run_load(
         "seconds": seconds,
         "traces": traces,
     }
-    code = "from streamrec.bench.feed_servers import _load_main; _load_main()"
+    code = "from streamrec.bench.feed_servers import load_main; load_main()"
     done = subprocess.run(
         [sys.executable, "-c", code],
         input=orjson.dumps(job),
@@ -147,7 +147,7 @@ def run_load(
     return LoadResult(out["seconds"], out["latencies_s"], out["errors"], out["traces"])
 
 
-def _load_main() -> None:
+def load_main() -> None:
     job = orjson.loads(sys.stdin.buffer.read())
     result = load_here(
         job["base"],

@@ -87,12 +87,12 @@ DRAIN_TIMEOUT_S = 15.0
 ALT_BATCH_TIMEOUT_MS = 1
 
 
-class _WorkerRun:
+class WorkerRun:
     """The real worker, in a process of its own (as ``streamrec worker`` runs) or in a thread.
 
     Both run the loop of :meth:`Worker.run` (poll a batch, apply, commit) and publish how many
     events they applied and in how many batches, for the backlog figures. The process is
-    ``python -c`` on :func:`_worker_main`: settings go in on stdin, one stats line per batch
+    ``python -c`` on :func:`worker_main`: settings go in on stdin, one stats line per batch
     comes back on stdout, and closing stdin stops it.
     """
 
@@ -115,7 +115,7 @@ class _WorkerRun:
 
     def start(self) -> None:
         if self.own_process:
-            code = "from streamrec.bench.freshness import _worker_main; _worker_main()"
+            code = "from streamrec.bench.freshness import worker_main; worker_main()"
             self._process = subprocess.Popen(
                 [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
@@ -172,7 +172,7 @@ class _WorkerRun:
             thread.join(timeout=30)
 
 
-def _worker_main() -> None:
+def worker_main() -> None:
     """The worker process: settings on stdin; ``stats applied batches batch_ms`` per batch."""
     settings = Settings.model_validate_json(sys.stdin.readline())
     worker = kafka_worker(settings, worker_id=f"{settings.namespace}-worker")
@@ -229,7 +229,7 @@ def _unit(rng: np.random.Generator, dim: int) -> list[float]:
     return [round(float(x), 6) for x in vector / np.linalg.norm(vector)]
 
 
-def _end_offsets(settings: Settings, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+def worker_end_offsets(settings: Settings, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     """High watermark of every partition of ``topics``."""
     consumer = Consumer(
         client_config(settings.kafka_bootstrap, settings.kafka_config)
@@ -271,7 +271,7 @@ def _run_phase(
     catalog, users = work.catalog, work.users
 
     probe_times, item_times = Probes(), Probes()
-    worker = _WorkerRun(run, own_process=worker_process)
+    worker = WorkerRun(run, own_process=worker_process)
     replica = index_replica(
         run,
         lambda start: KafkaTailSource(
@@ -301,7 +301,7 @@ def _run_phase(
             "the replica to load the catalog",
         )
         topics = [run.topics.interactions, run.topics.items]
-        bare = BareTail(run, _end_offsets(run, topics), probe_times, item_times)
+        bare = BareTail(run, worker_end_offsets(run, topics), probe_times, item_times)
         bare.start()
         watcher.start()
         log.info("freshness %s: set up in %.1f s", run.namespace, time.perf_counter() - began)

@@ -41,7 +41,7 @@ import orjson
 
 from streamrec.bench.feed import SETUP_TIMEOUT_S, prepare_run, seed_world
 from streamrec.bench.feed_servers import ServerProcess
-from streamrec.bench.freshness import _WorkerRun
+from streamrec.bench.freshness import WorkerRun
 from streamrec.bench.freshness_parts import Load
 from streamrec.bench.isolation import cleanup
 from streamrec.bench.latency import percentile
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 PROBE_EVERY_S = 10.0
 
 
-def _paced_main() -> None:
+def paced_main() -> None:
     """The load client: ``{"base","paths","rate","seconds","out"}`` on stdin; per request
     ``[start offset s, latency s, ok]`` as one JSON array in the file ``out`` at the end.
 
@@ -150,7 +150,7 @@ def run_soak_bench(
     """Run the whole system for ``minutes`` under load; figures per minute and overall."""
     run, sim, users = prepare_run(settings, catalog, seed, users)
     seconds = (warmup_minutes + minutes) * 60.0
-    worker = _WorkerRun(run, own_process=True)
+    worker = WorkerRun(run, own_process=True)
     api: ServerProcess | None = None
     load: Load | None = None
     backlog: list[tuple[float, int]] = []
@@ -176,7 +176,7 @@ def run_soak_bench(
             "seconds": seconds,
             "out": str(out),
         }
-        code = "from streamrec.bench.soak import _paced_main; _paced_main()"
+        code = "from streamrec.bench.soak import paced_main; paced_main()"
         client = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
         load.start()
         started = time.perf_counter()

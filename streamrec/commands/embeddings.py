@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli_common import ConfigOption, _setup, _stop_on_signals, console
+from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -44,12 +44,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from streams.embedding_refresh import follow as follow_store
         from streams.producer import EventProducer
 
-        settings = _setup(config)
+        settings = setup_command(config)
         every_s = every if every is not None else settings.learning.embedding_refresh_s
         if every_s <= 0:
             console.print("learned embeddings are off (learning.embedding_refresh_s = 0)")
             raise typer.Exit(0)
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
         store = RedisStore(settings.redis_url)
         refresher = EmbeddingRefresher(
             store, Keys(settings.namespace), settings.features, settings.learning

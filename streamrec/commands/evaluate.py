@@ -10,7 +10,7 @@ import orjson
 import typer
 
 from streamrec.bench.report import print_table
-from streamrec.cli_common import ConfigOption, _setup, console
+from streamrec.cli_common import ConfigOption, console, setup_command
 from streamrec.commands.replay import (
     AssumeSortedOption,
     ColumnsOption,
@@ -113,7 +113,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the report JSON.")] = False,
     ) -> None:
         """Prequential test-then-learn replay through the real processors and funnel."""
-        settings = _setup(config)
+        settings = setup_command(config)
         read_report = ReadReport()
         if (file is None) == (dataset is None):
             raise typer.BadParameter("give either FILE or --dataset NAME", param_hint="FILE")
@@ -157,7 +157,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ),
     ) -> None:
         """evaluate on a seeded simulated stream: HR@10 of the funnel and every baseline."""
-        settings = _setup(config)
+        settings = setup_command(config)
         options = EvalOptions(seed=seed, sample_every=sample_every, ablate=ablate)
         figures = run_eval_bench(settings, events=events, options=options, output=output)
         typer.echo(orjson.dumps(figures).decode())

@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamrec.cli_common import ConfigOption, _setup, console
+from streamrec.cli_common import ConfigOption, console, setup_command
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -62,7 +62,7 @@ def ope(
     config: ConfigOption = None,
 ) -> None:
     """Estimate a source-ordering policy's click-rate off-policy from impression logs."""
-    settings = _setup(config)
+    settings = setup_command(config)
     if obd and log:
         console.print("[red]give either --obd or --log, not both[/red]")
         raise typer.Exit(2)

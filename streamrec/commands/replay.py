@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from features.errors import InvalidEventError, StreamrecError
-from streamrec.cli_common import ConfigOption, _setup, _stop_on_signals, console
+from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
 from streams.readers import ReadOptions
 from streams.recording import RecordFormat
 from streams.table_columns import ColumnMapping, ColumnMappingError, TsUnit
@@ -155,12 +155,12 @@ def replay(
     from streams.readers import ReadReport
     from streams.replay import replay_file
 
-    settings = _setup(config)
+    settings = setup_command(config)
     if not file.is_file():
         console.print(f"[red]no such file:[/red] {file}")
         raise typer.Exit(2)
     options = read_options(settings, columns, ts_unit, type_from_rating, strict, assume_sorted)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     report = ReadReport()
     producer = (
         None
@@ -254,7 +254,7 @@ def record(
     """Copy a topic's range to a file; stops at the range's end or the topic's current end."""
     from streams.recording import RecordingError, RecordRange, parse_time_ms, record_topic
 
-    settings = _setup(config)
+    settings = setup_command(config)
     ours = {
         "interactions": settings.topics.interactions,
         "items": settings.topics.items,
@@ -273,7 +273,7 @@ def record(
     except (ValueError, RecordingError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    stop: threading.Event = _stop_on_signals()
+    stop: threading.Event = stop_on_signals()
     with _progress("record") as (progress, task):
         try:
             report = record_topic(

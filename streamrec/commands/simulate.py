@@ -23,7 +23,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 from features.errors import StreamrecError
-from streamrec.cli_common import ConfigOption, _setup, _stop_on_signals, console
+from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
 from streamrec.settings import Settings
 from streams.schema import Event, Interaction, Item, encode
 from streams.simulator import SimulatorConfig, StreamSimulator
@@ -228,7 +228,7 @@ def simulate(
     Without --events or --seconds a file gets 100,000 events and Kafka gets events until
     Ctrl-C. The last stdout line is a JSON summary (on stderr when the events go to stdout).
     """
-    settings = _setup(config)
+    settings = setup_command(config)
     if kafka == (output is not None):
         console.print("[red]give exactly one of --output FILE and --kafka[/red]")
         raise typer.Exit(2)
@@ -283,7 +283,7 @@ def _to_kafka(
 ) -> None:
     from streams.producer import EventProducer
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     producer = EventProducer(settings.kafka_bootstrap, settings.topics, settings.kafka_config)
     try:
         missing = {settings.topics.interactions, settings.topics.items} - (

@@ -21,7 +21,7 @@ from features.keys import Keys
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
-from streamrec.cli_common import ConfigOption, _setup, console
+from streamrec.cli_common import ConfigOption, console, setup_command
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker
 from streams.recording import RecordRange, record_topic
@@ -127,7 +127,7 @@ def _table(diff: StateDiff) -> Table:
 def verify(config: ConfigOption = None) -> None:
     """Recompute the state from the topics in memory and diff it against Redis, per key
     family; exit 1 on a difference beyond the documented trimming."""
-    settings = _setup(config)
+    settings = setup_command(config)
     keys = Keys(settings.namespace)
     live = RedisStore(settings.redis_url)
     try:

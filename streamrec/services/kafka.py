@@ -18,7 +18,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streamrec.services.common import Layout, ServiceError, bootstrap_addresses, log
-from streamrec.services.process import _rotate, _spawn
+from streamrec.services.process import rotate_log, spawn
 from streamrec.settings import ServicesSettings
 
 # Sized for a shared 2-core CI box: a dev broker with a handful of topics fits in 768 MB.
@@ -122,7 +122,7 @@ def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _kafka_answers(bootstrap: str, config: Mapping[str, str], timeout: float) -> bool:
+def kafka_answers(bootstrap: str, config: Mapping[str, str], timeout: float) -> bool:
     """Whether a Kafka cluster answers a metadata request."""
     # A plain TCP check first: a closed port is then a fast "no", without librdkafka's retries.
     with contextlib.suppress(ValueError):  # an odd bootstrap string is librdkafka's to judge
@@ -159,7 +159,7 @@ def has_kafka_jars(paths: Layout) -> bool:
     )
 
 
-def _fetch_kafka_jars(paths: Layout) -> None:
+def fetch_kafka_jars(paths: Layout) -> None:
     """Download the broker's jars with Maven, unless a complete copy is already there."""
     if has_kafka_jars(paths):
         return
@@ -226,9 +226,9 @@ def _format_kafka_storage(java: str, paths: Layout) -> None:
         )
 
 
-def _start_kafka(services: ServicesSettings, paths: Layout) -> int:
+def start_kafka(services: ServicesSettings, paths: Layout) -> int:
     java = _find_java()
-    _fetch_kafka_jars(paths)
+    fetch_kafka_jars(paths)
     paths.kafka_data.mkdir(parents=True, exist_ok=True)
     # Rewritten at every start, so that changed ports take effect.
     paths.kafka_config.write_text(
@@ -241,6 +241,6 @@ def _start_kafka(services: ServicesSettings, paths: Layout) -> int:
     log4j = resources.files("streamrec.resources").joinpath("kafka-log4j2.properties")
     paths.kafka_log4j.write_text(log4j.read_text())
     _format_kafka_storage(java, paths)
-    _rotate(paths.kafka_log)
+    rotate_log(paths.kafka_log)
     log.info("starting Kafka %s on localhost:%d", paths.kafka_version, services.kafka_port)
-    return _spawn(kafka_command(java, paths), paths.kafka_log)
+    return spawn(kafka_command(java, paths), paths.kafka_log)

@@ -19,16 +19,16 @@ from streamrec.services.common import (
     log,
     redact_url,
 )
-from streamrec.services.kafka import _kafka_answers, _start_kafka
+from streamrec.services.kafka import kafka_answers, start_kafka
 from streamrec.services.process import (
-    _locked,
-    _read_pid,
-    _running,
-    _stop,
-    _write_pid,
     failure_reason,
+    held_lock,
+    is_running,
+    read_pid,
+    stop_process,
+    write_pid,
 )
-from streamrec.services.redis import _redis_answers, _start_redis
+from streamrec.services.redis import redis_answers, start_redis
 from streamrec.settings import Settings
 
 _PROBE_TIMEOUT_S = 5.0
@@ -53,8 +53,8 @@ class _Service:
         return ServiceStatus(self.name, self.managed, running, redact_url(self.endpoint), detail)
 
     def our_pid(self) -> int | None:
-        pid = _read_pid(self.pidfile)
-        return pid if pid is not None and _running(pid, self.marker) else None
+        pid = read_pid(self.pidfile)
+        return pid if pid is not None and is_running(pid, self.marker) else None
 
 
 def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
@@ -74,22 +74,22 @@ def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
             env_var=KAFKA_ENV,
             managed=kafka_managed,
             endpoint=bootstrap,
-            probe=lambda timeout: _kafka_answers(bootstrap, kafka_config, timeout),
+            probe=lambda timeout: kafka_answers(bootstrap, kafka_config, timeout),
             pidfile=paths.kafka_pid,
             log_file=paths.kafka_log,
             marker=str(paths.kafka_config),
-            start=lambda: _start_kafka(services, paths),
+            start=lambda: start_kafka(services, paths),
         ),
         _Service(
             name="redis",
             env_var=REDIS_ENV,
             managed=redis_managed,
             endpoint=redis_url,
-            probe=lambda timeout: _redis_answers(redis_url, timeout),
+            probe=lambda timeout: redis_answers(redis_url, timeout),
             pidfile=paths.redis_pid,
             log_file=paths.redis_log,
             marker="redis-server",  # its task name (comm)
-            start=lambda: _start_redis(services, paths),
+            start=lambda: start_redis(services, paths),
         ),
     ]
 
@@ -97,7 +97,7 @@ def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
 def _wait_ready(service: _Service, pid: int, deadline: float, timeout_s: float) -> None:
     """Poll until the service answers; fail fast if it exits, or at the deadline."""
     while not service.probe(_PROBE_TIMEOUT_S):
-        if not _running(pid, service.marker):
+        if not is_running(pid, service.marker):
             reason = failure_reason(service.log_file)
             raise ServiceError(
                 f"{service.name} exited during startup"
@@ -122,7 +122,7 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
     services = _services(settings, os.environ)
     results: dict[str, ServiceStatus] = {}
     pending: list[tuple[_Service, int, str]] = []
-    with _locked(layout(settings.services)):
+    with held_lock(layout(settings.services)):
         for service in services:
             if not service.managed:
                 running = service.probe(_PROBE_TIMEOUT_S)
@@ -138,7 +138,7 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
                 )
             else:
                 pid = service.start()
-                _write_pid(service.pidfile, pid)
+                write_pid(service.pidfile, pid)
                 pending.append((service, pid, f"started (pid {pid})"))
         # The clock starts after the starts, so a first-run jar download does not count.
         timeout_s = settings.services.ready_timeout_s
@@ -155,14 +155,14 @@ def services_down(settings: Settings) -> list[ServiceStatus]:
     paths = layout(settings.services)
     results: list[ServiceStatus] = []
     # Without a data dir we never started anything, and nothing needs the lock.
-    guard = _locked(paths) if paths.root.is_dir() else contextlib.nullcontext()
+    guard = held_lock(paths) if paths.root.is_dir() else contextlib.nullcontext()
     with guard:
         for service in services:
             if not service.managed:
                 running = service.probe(_PROBE_TIMEOUT_S)
                 detail = f"given by {service.env_var}; left alone"
             elif (pid := service.our_pid()) is not None:
-                _stop(service.name, pid, service.marker)
+                stop_process(service.name, pid, service.marker)
                 service.pidfile.unlink(missing_ok=True)
                 running = service.probe(1.0)
                 detail = f"stopped (pid {pid})"

@@ -34,20 +34,20 @@ def failure_reason(log_file: Path, limit: int = 300) -> str:
     return lines[-1][:limit] if lines else ""
 
 
-def _read_pid(pidfile: Path) -> int | None:
+def read_pid(pidfile: Path) -> int | None:
     try:
         return int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-def _write_pid(pidfile: Path, pid: int) -> None:
+def write_pid(pidfile: Path, pid: int) -> None:
     tmp = pidfile.with_suffix(".pid.tmp")
     tmp.write_text(f"{pid}\n")
     tmp.replace(pidfile)
 
 
-def _running(pid: int, marker: str) -> bool:
+def is_running(pid: int, marker: str) -> bool:
     """Whether pid is alive and still the process we started (see _proc_matches)."""
     # A service we started in this very process turns into a zombie when it exits, and a
     # zombie still answers kill(0): reap it first.
@@ -80,7 +80,7 @@ def _proc_matches(pid: int, marker: str) -> bool:
     return state != "Z" and (marker in cmdline or marker == name)
 
 
-def _spawn(argv: list[str], log_file: Path) -> int:
+def spawn(argv: list[str], log_file: Path) -> int:
     """Start argv in a new session, output appended to log_file, and return its pid."""
     # posix_spawn rather than Popen: the service must outlive us, and a Popen object that
     # is collected while its child still runs warns about it (ResourceWarning).
@@ -101,7 +101,7 @@ def _spawn(argv: list[str], log_file: Path) -> int:
         os.close(fd)
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
     # Each service leads its own session, so its group also holds any helper it forked.
     try:
         os.killpg(pid, sig)
@@ -110,32 +110,32 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def _stop(name: str, pid: int, marker: str) -> None:
+def stop_process(name: str, pid: int, marker: str) -> None:
     """SIGTERM the service's group, and SIGKILL it if it is still there after a grace period."""
     log.info("stopping %s (pid %d)", name, pid)
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_TIMEOUT_S
-    while _running(pid, marker):
+    while is_running(pid, marker):
         if time.monotonic() >= deadline:
             log.warning(
                 "%s (pid %d) ignored SIGTERM for %.0f s; killing it", name, pid, _STOP_TIMEOUT_S
             )
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
             deadline = time.monotonic() + 5.0
-            while _running(pid, marker) and time.monotonic() < deadline:
+            while is_running(pid, marker) and time.monotonic() < deadline:
                 time.sleep(0.1)
             return
         time.sleep(0.2)
 
 
-def _rotate(log_file: Path) -> None:
+def rotate_log(log_file: Path) -> None:
     # Keep the previous run's log: when a restart is needed, it usually explains why.
     if log_file.exists():
         log_file.replace(log_file.with_name(log_file.name + ".1"))
 
 
 @contextlib.contextmanager
-def _locked(paths: Layout) -> Iterator[None]:
+def held_lock(paths: Layout) -> Iterator[None]:
     """Serialise `services` commands on one data dir, so two `up`s never start two brokers."""
     paths.root.mkdir(parents=True, exist_ok=True)
     with paths.lock.open("w") as handle:

@@ -7,7 +7,7 @@ import shutil
 import redis
 
 from streamrec.services.common import Layout, ServiceError, log
-from streamrec.services.process import _rotate, _spawn
+from streamrec.services.process import rotate_log, spawn
 from streamrec.settings import ServicesSettings
 
 
@@ -32,7 +32,7 @@ def redis_command(
     ]  # fmt: skip
 
 
-def _redis_answers(url: str, timeout: float) -> bool:
+def redis_answers(url: str, timeout: float) -> bool:
     """Whether a Redis server answers PING."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
@@ -43,14 +43,14 @@ def _redis_answers(url: str, timeout: float) -> bool:
         client.close()
 
 
-def _start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool = True) -> int:
+def start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool = True) -> int:
     server = shutil.which("redis-server")
     if server is None:
         raise ServiceError(
             "redis-server not found on PATH; install it with `apt-get install redis-server`"
         )
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
-    _rotate(paths.redis_log)
+    rotate_log(paths.redis_log)
     log.info("starting Redis on localhost:%d", services.redis_port)
     argv = redis_command(server, services.redis_port, paths, persistent=persistent)
-    return _spawn(argv, paths.redis_log)
+    return spawn(argv, paths.redis_log)

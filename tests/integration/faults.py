@@ -21,9 +21,9 @@ from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
 from streamrec.services.common import layout
-from streamrec.services.kafka import _fetch_kafka_jars, _kafka_answers, _start_kafka
-from streamrec.services.process import _running, _signal_group, _stop
-from streamrec.services.redis import _redis_answers, _start_redis
+from streamrec.services.kafka import fetch_kafka_jars, kafka_answers, start_kafka
+from streamrec.services.process import is_running, signal_group, stop_process
+from streamrec.services.redis import redis_answers, start_redis
 from streamrec.settings import ServicesSettings, load_settings
 from streams.pipeline import run_pipeline
 from streams.schema import Event, Item
@@ -39,9 +39,9 @@ FEATURES_ENV = {"STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": "10000"}
 
 def _kill(pid: int, marker: str) -> None:
     """SIGKILL the process group of a service we started, and reap it."""
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while _running(pid, marker) and time.monotonic() < deadline:
+    while is_running(pid, marker) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -56,8 +56,8 @@ class PrivateRedis:
         self.pid: int | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
-        self.pid = _start_redis(self.services, self.paths, persistent=self.persistent)
-        wait_for(f"redis on {self.url}", lambda: _redis_answers(self.url, 1.0), timeout_s)
+        self.pid = start_redis(self.services, self.paths, persistent=self.persistent)
+        wait_for(f"redis on {self.url}", lambda: redis_answers(self.url, 1.0), timeout_s)
 
     def kill(self) -> None:
         """kill -9: whatever is not on disk is gone."""
@@ -66,7 +66,7 @@ class PrivateRedis:
             self.pid = None
 
     def answers(self) -> bool:
-        return _redis_answers(self.url, 0.5)
+        return redis_answers(self.url, 0.5)
 
 
 class PrivateKafka:
@@ -84,32 +84,32 @@ class PrivateKafka:
         if not any(shared.glob("*.jar")):
             # The shared broker may be someone else's (it was already running): fetch the
             # jars here as `streamrec services up` would have.
-            _fetch_kafka_jars(shared_layout)
+            fetch_kafka_jars(shared_layout)
         self.paths.kafka_dir.mkdir(parents=True, exist_ok=True)
         # Share the jars (a few hundred MB of downloads) instead of fetching them again.
         self.paths.kafka_libs.symlink_to(shared, target_is_directory=True)
 
     def start(self, timeout_s: float = 90.0) -> None:
-        self.pid = _start_kafka(self.services, self.paths)
+        self.pid = start_kafka(self.services, self.paths)
         wait_for(
             f"kafka on {self.bootstrap}",
             lambda: (
-                _running(self.pid or 0, str(self.paths.kafka_config))
-                and _kafka_answers(self.bootstrap, {}, 2.0)
+                is_running(self.pid or 0, str(self.paths.kafka_config))
+                and kafka_answers(self.bootstrap, {}, 2.0)
                 or self._died()
             ),
             timeout_s,
         )
 
     def _died(self) -> bool:
-        if self.pid is not None and not _running(self.pid, str(self.paths.kafka_config)):
+        if self.pid is not None and not is_running(self.pid, str(self.paths.kafka_config)):
             raise AssertionError(f"kafka exited during startup; see {self.paths.kafka_log}")
         return False
 
     def stop(self) -> None:
         """A clean shutdown (SIGTERM, as an operator's restart does)."""
         if self.pid is not None:
-            _stop("private kafka", self.pid, str(self.paths.kafka_config))
+            stop_process("private kafka", self.pid, str(self.paths.kafka_config))
             self.pid = None
 
     def kill(self) -> None:

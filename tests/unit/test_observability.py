@@ -8,7 +8,7 @@ import logging
 
 from fastapi.testclient import TestClient
 
-from streamrec.logs import JsonFormatter, _RequestIdFilter
+from streamrec.logs import JsonFormatter, RequestIdFilter
 from streams.bus import InProcessBus
 from streams.dead_letter import DeadLetterPolicy
 from streams.settings import TopicSettings
@@ -32,7 +32,7 @@ def test_json_logs_carry_topic_partition_offset_and_request_id() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(RequestIdFilter())
     logger = logging.getLogger("streams.dead_letter")
     logger.addHandler(handler)
     try:
