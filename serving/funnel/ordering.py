@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +70,46 @@ def primary_source(
     return min(found, key=contribution)
 
 
+@dataclass
+class _Placement:
+    """What the slate holds so far: items placed, per-creator and per-category counts for
+    the caps, candidates skipped by a cap, vectors of the items placed (for MMR)."""
+
+    placed: set[str] = field(default_factory=set)
+    creators: Counter[str] = field(default_factory=Counter)
+    categories: Counter[str] = field(default_factory=Counter)
+    capped: set[str] = field(default_factory=set)
+    chosen: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, slot: Slot, vectors: Mapping[str, np.ndarray]) -> None:
+        """Count ``slot`` in."""
+        self.placed.add(slot.candidate.item_id)
+        meta = slot.candidate.meta
+        if meta is not None and meta.creator:
+            self.creators[meta.creator] += 1
+        if meta is not None and meta.category:
+            self.categories[meta.category] += 1
+        vector = vectors.get(slot.candidate.item_id)
+        if vector is not None:
+            self.chosen.append(vector)
+
+
+@dataclass
+class _Draw:
+    """What slots are drawn from: the blended list and each source's list (best first), the
+    index of each list's first candidate that may still be placed (a placed or capped one
+    never becomes placeable again, so heads only move forward), and the slot probabilities
+    already estimated per set of live sources (the posteriors are fixed for the request)."""
+
+    ordered: list[Candidate]
+    by_source: dict[str, list[Candidate]]
+    heads: dict[str, int]
+    value: dict[str, float]
+    vectors: dict[str, np.ndarray]
+    head: int = 0
+    estimates: dict[tuple[str, ...], dict[str, float]] = field(default_factory=dict)
+
+
 class SlateBuilder:
     """Fills a feed of ``k`` slots from scored candidates."""
 
@@ -92,87 +132,80 @@ class SlateBuilder:
         # A pinned item shows at its position only, never earlier through a source.
         candidates = [c for c in candidates if c.item_id not in pinned]
         value = {c.item_id: self._value(c, ctx.request.now_s) for c in candidates}
+        ordered = sorted(candidates, key=lambda c: (-value[c.item_id], c.item_id))
         by_source: dict[str, list[Candidate]] = {}
-        for c in sorted(candidates, key=lambda c: (-value[c.item_id], c.item_id)):
+        for c in ordered:
             for source in c.sources:
                 by_source.setdefault(source, []).append(c)
         vectors = {c.item_id: c.vector for c in candidates if c.vector is not None}
+        draw = _Draw(ordered, by_source, dict.fromkeys(by_source, 0), value, vectors)
         young = self._young(ctx, candidates)
-        placed: set[str] = set()
-        creators: Counter[str] = Counter()
-        categories: Counter[str] = Counter()
-        chosen_vectors: list[np.ndarray] = []
+        at = _Placement()
         slots: list[Slot] = []
-        # The posteriors are fixed for the request, so a slot's probabilities depend only on
-        # which sources still have candidates: estimate them once per such set.
-        estimates: dict[tuple[str, ...], dict[str, float]] = {}
-        capped: set[str] = set()
-        # Index of each source's first candidate that may still be placed: a placed or
-        # capped candidate never becomes placeable again, so heads only move forward.
-        heads = dict.fromkeys(by_source, 0)
-        ordered = sorted(candidates, key=lambda c: (-value[c.item_id], c.item_id))
-        head = 0  # the blended list's first candidate that may still be placed
         explore = self.settings.explore_share if self.settings.learn_mix else 0.0
         while len(slots) < k:
-            slot = self._fixed(len(slots), young, placed, pinned, creators, categories)
+            slot = self._fixed(len(slots), young, at, pinned)
             if slot is None:
-                # A source is in the draw only if it can fill this slot within the caps;
-                # caps and placements only tighten, so one that cannot never will again.
-                live: list[str] = []
-                for source in list(by_source):
-                    at = self._advance(
-                        by_source[source], heads[source], placed, creators, categories, capped
-                    )
-                    if at < len(by_source[source]):
-                        heads[source] = at
-                        live.append(source)
-                    else:
-                        del by_source[source]
+                live = self._live_sources(draw, at)
                 if not live:
                     # Out of candidates: pinned items still due are shown, in position order.
                     due = [
                         pinned[i]
                         for _, i in sorted(self.pinned.items())
-                        if i in pinned and i not in placed
+                        if i in pinned and i not in at.placed
                     ]
                     if not due:
                         break
-                    slot = Slot(due[0], PINNED, 1.0)
-                    slots.append(slot)
-                    placed.add(slot.candidate.item_id)
+                    slots.append(Slot(due[0], PINNED, 1.0))
+                    at.placed.add(due[0].item_id)
                     continue
-                head = self._advance(ordered, head, placed, creators, categories, capped)
-                best = self._mmr(
-                    self._pool(ordered[head:], placed, creators, categories, capped),
-                    value,
-                    vectors,
-                    chosen_vectors,
-                )
-                primary = primary_source(best, live, ctx.source_weights)
-                probs = self._mixture(ctx, posteriors, prior, live, primary, explore, estimates)
-                source, propensity = choose_source(probs, ctx.rng)
-                if "first_slot_probabilities" not in ctx.trace.ordering:
-                    ctx.trace.ordering["first_slot_probabilities"] = probs
-                if source != primary:
-                    pool = self._pool(
-                        by_source[source][heads[source] :], placed, creators, categories, capped
-                    )
-                    best = self._mmr(pool, value, vectors, chosen_vectors)
-                slot = Slot(best, source, propensity, probs)
+                slot = self._drawn(ctx, draw, at, live, posteriors, prior, explore)
             slots.append(slot)
-            placed.add(slot.candidate.item_id)
-            meta = slot.candidate.meta
-            if meta is not None and meta.creator:
-                creators[meta.creator] += 1
-            if meta is not None and meta.category:
-                categories[meta.category] += 1
-            vector = vectors.get(slot.candidate.item_id)
-            if vector is not None:
-                chosen_vectors.append(vector)
+            at.add(slot, vectors)
         ctx.trace.ordering.update(
-            {"segment": ctx.segment, "slots": len(slots), "skipped_by_caps": len(capped)}
+            {"segment": ctx.segment, "slots": len(slots), "skipped_by_caps": len(at.capped)}
         )
         return slots
+
+    def _live_sources(self, draw: _Draw, at: _Placement) -> list[str]:
+        """The sources that can fill the next slot within the caps. Caps and placements only
+        tighten, so a source that cannot never will again: it leaves the draw."""
+        live: list[str] = []
+        for source in list(draw.by_source):
+            listed = draw.by_source[source]
+            head = self._advance(listed, draw.heads[source], at)
+            if head < len(listed):
+                draw.heads[source] = head
+                live.append(source)
+            else:
+                del draw.by_source[source]
+        return live
+
+    def _drawn(
+        self,
+        ctx: FeedContext,
+        draw: _Draw,
+        at: _Placement,
+        live: list[str],
+        posteriors: Mapping[str, Posterior],
+        prior: Posterior,
+        explore: float,
+    ) -> Slot:
+        """The next slot by the bandit: the blend's best, or a source drawn by exploration
+        and that source's best."""
+        draw.head = self._advance(draw.ordered, draw.head, at)
+        best = self._mmr(
+            self._pool(draw.ordered[draw.head :], at), draw.value, draw.vectors, at.chosen
+        )
+        primary = primary_source(best, live, ctx.source_weights)
+        probs = self._mixture(ctx, posteriors, prior, live, primary, explore, draw.estimates)
+        source, propensity = choose_source(probs, ctx.rng)
+        if "first_slot_probabilities" not in ctx.trace.ordering:
+            ctx.trace.ordering["first_slot_probabilities"] = probs
+        if source != primary:
+            pool = self._pool(draw.by_source[source][draw.heads[source] :], at)
+            best = self._mmr(pool, draw.value, draw.vectors, at.chosen)
+        return Slot(best, source, propensity, probs)
 
     def _mixture(
         self,
@@ -201,19 +234,13 @@ class SlateBuilder:
         return probs
 
     def _fixed(
-        self,
-        position: int,
-        young: list[Candidate],
-        placed: set[str],
-        pinned: Mapping[str, Candidate],
-        creators: Counter[str],
-        categories: Counter[str],
+        self, position: int, young: list[Candidate], at: _Placement, pinned: Mapping[str, Candidate]
     ) -> Slot | None:
         item = self.pinned.get(position)
-        if item is not None and item in pinned and item not in placed:
+        if item is not None and item in pinned and item not in at.placed:
             return Slot(pinned[item], PINNED, 1.0)
         if position in self.settings.exploration_slots:
-            newest = self._pool(young, placed, creators, categories, set(), size=1)
+            newest = self._pool(young, at, size=1, capped=set())
             if newest:
                 return Slot(newest[0], EXPLORE, 1.0)
         return None
@@ -240,52 +267,44 @@ class SlateBuilder:
             return c.score + boost * math.pow(2.0, -halvings) * abs(c.score)
         return c.score
 
-    def _advance(
-        self,
-        candidates: list[Candidate],
-        head: int,
-        placed: set[str],
-        creators: Counter[str],
-        categories: Counter[str],
-        capped: set[str],
-    ) -> int:
+    def _advance(self, candidates: list[Candidate], head: int, at: _Placement) -> int:
         """The index of the first candidate from ``head`` on that may be placed now."""
         while head < len(candidates):
             c = candidates[head]
-            if c.item_id in placed:
+            if c.item_id in at.placed:
                 head += 1
-            elif self._over_cap(c, creators, categories):
-                capped.add(c.item_id)
+            elif self._over_cap(c, at):
+                at.capped.add(c.item_id)
                 head += 1
             else:
                 break
         return head
 
-    def _over_cap(self, c: Candidate, creators: Counter[str], categories: Counter[str]) -> bool:
+    def _over_cap(self, c: Candidate, at: _Placement) -> bool:
         meta = c.meta
         if meta is None:
             return False
-        if meta.creator and creators[meta.creator] >= self.settings.max_per_creator:
+        if meta.creator and at.creators[meta.creator] >= self.settings.max_per_creator:
             return True
         cap = self.settings.max_per_category
-        return cap is not None and bool(meta.category) and categories[meta.category or ""] >= cap
+        return cap is not None and bool(meta.category) and at.categories[meta.category or ""] >= cap
 
     def _pool(
         self,
         candidates: list[Candidate],
-        placed: set[str],
-        creators: Counter[str],
-        categories: Counter[str],
-        capped: set[str],
+        at: _Placement,
         size: int | None = None,
+        capped: set[str] | None = None,
     ) -> list[Candidate]:
-        """The best few (``size``, default ``mmr_pool``) open candidates within the caps."""
+        """The best few (``size``, default ``mmr_pool``) open candidates within the caps;
+        those over a cap are noted in ``capped`` (default: the placement's)."""
         size = size or self.settings.mmr_pool
+        capped = at.capped if capped is None else capped
         pool: list[Candidate] = []
         for c in candidates:
-            if c.item_id in placed:
+            if c.item_id in at.placed:
                 continue
-            if self._over_cap(c, creators, categories):
+            if self._over_cap(c, at):
                 capped.add(c.item_id)
                 continue
             pool.append(c)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.bench.feed_servers import ServerProcess, free_port, run_load
-from streamrec.bench.freshness import WorkerRun, worker_end_offsets
+from streamrec.bench.freshness import WorkerRun, partition_ends
 from streamrec.bench.freshness_parts import Load
 from streamrec.bench.isolation import cleanup, isolated_settings
 from streamrec.bench.latency import percentile
@@ -85,7 +85,7 @@ def seed_world(run: Settings, sim: StreamSimulator, worker: WorkerRun, history: 
         with EventProducer(run.kafka_bootstrap, run.topics, run.kafka_config) as producer:
             for event in events:
                 producer.send(event)
-        total = sum(worker_end_offsets(run, topics).values())
+        total = sum(partition_ends(run, topics).values())
         _wait(lambda t=total: worker.applied >= t, SETUP_TIMEOUT_S, "the worker")
     return now_ms
 

@@ -229,7 +229,7 @@ def _unit(rng: np.random.Generator, dim: int) -> list[float]:
     return [round(float(x), 6) for x in vector / np.linalg.norm(vector)]
 
 
-def worker_end_offsets(settings: Settings, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+def partition_ends(settings: Settings, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     """High watermark of every partition of ``topics``."""
     consumer = Consumer(
         client_config(settings.kafka_bootstrap, settings.kafka_config)
@@ -256,6 +256,192 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.01)
 
 
+@dataclass
+class _Timing:
+    """What the load part of a phase measured."""
+
+    started: float
+    load_end: float
+    applied: int
+    batches: int
+    batch_ms: float
+    end_backlog: int
+    drain_s: float
+
+
+class _Phase:
+    """One isolated run: its topics and keys, the worker, the replica, the load and probes."""
+
+    def __init__(
+        self, settings: Settings, work: _Workload, rate: float, worker_process: bool
+    ) -> None:
+        self.run = run = isolated_settings(settings, uuid.uuid4().hex[:8])
+        self.began = time.perf_counter()
+        create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
+        self.work, self.rate, self.worker_process = work, rate, worker_process
+        self.probe_times, self.item_times = Probes(), Probes()
+        self.worker = WorkerRun(run, own_process=worker_process)
+        self.replica = index_replica(
+            run,
+            lambda start: KafkaTailSource(
+                run.kafka_bootstrap, run.topics.items, run.kafka_config, start
+            ),
+            snapshot_dir=None,
+        )
+        self.sender = EventProducer(run.kafka_bootstrap, run.topics, run.kafka_config)
+        self.load = Load(run, work.load, rate)
+        self.sent_other = len(work.catalog)  # catalog, probes and new items sent from here
+        self.watcher = Watcher(run, self.probe_times, self.item_times, self.replica, self.backlog)
+        self.bare: BareTail | None = None
+
+    def backlog(self) -> int:
+        """Events sent and not applied yet."""
+        return self.sent_other + self.load.sent - self.worker.applied
+
+    def set_up(self) -> None:
+        """Start everything; publish the catalog and wait until worker and replica hold it."""
+        run, catalog = self.run, self.work.catalog
+        self.worker.start()
+        self.replica.start()
+        for item in catalog:
+            self.sender.send(item)
+        self.sender.flush()
+        _wait(lambda: self.backlog() <= 0, SETUP_TIMEOUT_S, "the worker to apply the catalog")
+        _wait(
+            lambda: self.replica.ready.is_set() and len(self.replica.index) >= len(catalog),
+            SETUP_TIMEOUT_S,
+            "the replica to load the catalog",
+        )
+        topics = [run.topics.interactions, run.topics.items]
+        ends = partition_ends(run, topics)
+        self.bare = BareTail(run, ends, self.probe_times, self.item_times)
+        self.bare.start()
+        self.watcher.start()
+        log.info("freshness %s: set up in %.1f s", run.namespace, time.perf_counter() - self.began)
+
+    def drive(self, seconds: float) -> _Timing:
+        """Run the load for ``seconds`` with the probes and new items spread over it, then
+        wait for the worker to drain and the last probes to show."""
+        users, fresh, worker = self.work.users, self.work.fresh, self.worker
+        warmup = min(2.0, seconds * 0.1)
+        span = seconds - warmup
+        plan = sorted(
+            [(t, "probe", n) for n, t in enumerate(schedule(len(users), warmup, span, 0.5))]
+            + [(t, "item", n) for n, t in enumerate(schedule(len(fresh), warmup, span, 0.0))]
+        )
+        self.load.start()
+        started = time.perf_counter()
+        applied_at_start = worker.applied
+        batches_at_start, batch_ms_at_start = worker.batches, worker.batch_ms
+        for due, kind, n in plan:
+            time.sleep(max(0.0, started + due - time.perf_counter()))
+            self._send_probe(kind, n)
+        self.load.join(timeout=max(0.0, started + seconds - time.perf_counter()) + 30.0)
+        self.load.stop.set()
+        load_end = time.perf_counter()
+        applied = worker.applied - applied_at_start
+        batches, batch_ms = worker.batches - batches_at_start, worker.batch_ms - batch_ms_at_start
+        end_backlog = self.backlog()
+        _wait(
+            lambda: self.backlog() <= 0 or time.perf_counter() - load_end > DRAIN_TIMEOUT_S,
+            DRAIN_TIMEOUT_S + 5.0,
+            "the worker to drain",
+        )
+        drain_s = time.perf_counter() - load_end
+        _wait(
+            lambda: (
+                not self.probe_times.pending()
+                and not self.item_times.pending()
+                or time.perf_counter() - load_end > DRAIN_TIMEOUT_S
+            ),
+            DRAIN_TIMEOUT_S + 5.0,
+            "the last probes",
+        )
+        return _Timing(started, load_end, applied, batches, batch_ms, end_backlog, drain_s)
+
+    def _send_probe(self, kind: str, n: int) -> None:
+        """Send probe click ``n`` or new item ``n``, noting when it was sent."""
+        ts = int(time.time() * 1000)
+        if kind == "probe":
+            user = self.work.users[n]
+            event: Interaction | Item = Interaction(
+                event_id=f"probe-{n}", user_id=user, item_id=probe_item(user), type="click", ts=ts
+            )
+            times, key = self.probe_times, user
+        else:
+            key = f"fresh-item-{n}"
+            event = Item(item_id=key, ts=ts, category="news", embedding=self.work.fresh[n])
+            times = self.item_times
+        with times.lock:
+            times.sent[key] = time.perf_counter()
+        self.sender.send(event)
+        self.sent_other += 1
+
+    def tear_down(self) -> None:
+        """Stop every thread and process, and remove the phase's topics and keys."""
+        run = self.run
+        self.watcher.stop.set()
+        self.load.stop.set()
+        if self.bare is not None:
+            self.bare.stop.set()
+            self.bare.join(timeout=10)
+        if self.watcher.is_alive():
+            self.watcher.join(timeout=10)
+        stopping = time.perf_counter()
+        self.worker.stop()
+        self.replica.stop()
+        self.sender.close()
+        cleaning = time.perf_counter()
+        cleanup(run)
+        log.info(
+            "freshness %s: stopped in %.1f s, cleaned up in %.1f s",
+            run.namespace,
+            cleaning - stopping,
+            time.perf_counter() - cleaning,
+        )
+        log.info("freshness %s: done in %.1f s", run.namespace, time.perf_counter() - self.began)
+
+    def figures(self, timing: _Timing) -> dict[str, Any]:
+        """The phase's figures, without a prefix."""
+        probes, items, load = self.probe_times, self.item_times, self.load
+        # The worker's own share: from the probe reaching a consumer to visible in Redis.
+        worker_hop = [
+            probes.visible[k] - probes.in_kafka[k] for k in probes.visible if k in probes.in_kafka
+        ]
+        batches = max(timing.batches, 1)
+        achieved = round(load.sent / load.elapsed_s, 1) if load.elapsed_s else 0.0
+        figures: dict[str, Any] = {
+            "batch_size": self.run.worker.batch_size,
+            "batch_timeout_ms": self.run.worker.batch_timeout_ms,
+            "probes": len(probes.sent),
+            "probes_visible": len(probes.visible),
+            **probes.figures("", probes.visible),
+            **probes.figures("baseline_", probes.in_kafka),
+            "worker_hop_p50_ms": latency_figures("", worker_hop)["p50_ms"],
+            "worker_hop_p99_ms": latency_figures("", worker_hop)["p99_ms"],
+            "new_items": len(items.sent),
+            "new_items_visible": len(items.visible),
+            **items.figures("new_item_", items.visible),
+            **items.figures("baseline_new_item_", items.in_kafka),
+            "events_per_s_target": self.rate,
+            "events_per_s_achieved": achieved,
+            "worker_applied_per_s": round(timing.applied / (timing.load_end - timing.started), 1),
+            "max_backlog_events": max(self.watcher.backlog_samples, default=0),
+            "end_backlog_events": timing.end_backlog,
+            "drain_ms": round(timing.drain_s * 1000.0, 1),
+            "worker_kept_up": timing.end_backlog <= self.rate,
+            "worker_process": self.worker_process,
+            "worker_batches": int(timing.batches),
+            "worker_mean_batch_events": round(timing.applied / batches, 1),
+            "worker_mean_batch_ms": round(timing.batch_ms / batches, 1),
+        }
+        figures["ratio"] = _ratio(figures["p99_ms"], figures["baseline_p99_ms"])
+        figures["new_item_ratio"] = _ratio(
+            figures["new_item_p99_ms"], figures["baseline_new_item_p99_ms"]
+        )
+        return figures
+
+
 def _run_phase(
     settings: Settings,
     *,
@@ -265,159 +451,13 @@ def _run_phase(
     worker_process: bool,
 ) -> dict[str, Any]:
     """One isolated run; figures without a prefix."""
-    run = isolated_settings(settings, uuid.uuid4().hex[:8])
-    began = time.perf_counter()
-    create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
-    catalog, users = work.catalog, work.users
-
-    probe_times, item_times = Probes(), Probes()
-    worker = WorkerRun(run, own_process=worker_process)
-    replica = index_replica(
-        run,
-        lambda start: KafkaTailSource(
-            run.kafka_bootstrap, run.topics.items, run.kafka_config, start
-        ),
-        snapshot_dir=None,
-    )
-    sender = EventProducer(run.kafka_bootstrap, run.topics, run.kafka_config)
-    load = Load(run, work.load, rate)
-    sent_other = [len(catalog)]  # catalog, probes and new items sent by this thread
-
-    def backlog() -> int:
-        return sent_other[0] + load.sent - worker.applied
-
-    watcher = Watcher(run, probe_times, item_times, replica, backlog)
-    bare: BareTail | None = None
+    phase = _Phase(settings, work, rate, worker_process)
     try:
-        worker.start()
-        replica.start()
-        for item in catalog:
-            sender.send(item)
-        sender.flush()
-        _wait(lambda: backlog() <= 0, SETUP_TIMEOUT_S, "the worker to apply the catalog")
-        _wait(
-            lambda: replica.ready.is_set() and len(replica.index) >= len(catalog),
-            SETUP_TIMEOUT_S,
-            "the replica to load the catalog",
-        )
-        topics = [run.topics.interactions, run.topics.items]
-        bare = BareTail(run, worker_end_offsets(run, topics), probe_times, item_times)
-        bare.start()
-        watcher.start()
-        log.info("freshness %s: set up in %.1f s", run.namespace, time.perf_counter() - began)
-
-        warmup = min(2.0, seconds * 0.1)
-        span = seconds - warmup
-        plan = sorted(
-            [(t, "probe", n) for n, t in enumerate(schedule(len(users), warmup, span, 0.5))]
-            + [(t, "item", n) for n, t in enumerate(schedule(len(work.fresh), warmup, span, 0.0))]
-        )
-        load.start()
-        started = time.perf_counter()
-        applied_at_start = worker.applied
-        batches_at_start = (worker.batches, worker.batch_ms)
-        for due, kind, n in plan:
-            time.sleep(max(0.0, started + due - time.perf_counter()))
-            ts = int(time.time() * 1000)
-            if kind == "probe":
-                user = users[n]
-                event: Interaction | Item = Interaction(
-                    event_id=f"probe-{n}",
-                    user_id=user,
-                    item_id=probe_item(user),
-                    type="click",
-                    ts=ts,
-                )
-                times, key = probe_times, user
-            else:
-                key = f"fresh-item-{n}"
-                event = Item(item_id=key, ts=ts, category="news", embedding=work.fresh[n])
-                times = item_times
-            with times.lock:
-                times.sent[key] = time.perf_counter()
-            sender.send(event)
-            sent_other[0] += 1
-        load.join(timeout=max(0.0, started + seconds - time.perf_counter()) + 30.0)
-        load.stop.set()
-        load_end = time.perf_counter()
-        applied_during_load = worker.applied - applied_at_start
-        batches_during_load = [
-            b - a for a, b in zip(batches_at_start, (worker.batches, worker.batch_ms), strict=True)
-        ]
-        end_backlog = backlog()
-        _wait(
-            lambda: backlog() <= 0 or time.perf_counter() - load_end > DRAIN_TIMEOUT_S,
-            DRAIN_TIMEOUT_S + 5.0,
-            "the worker to drain",
-        )
-        drain_s = time.perf_counter() - load_end
-        _wait(
-            lambda: (
-                not probe_times.pending()
-                and not item_times.pending()
-                or time.perf_counter() - load_end > DRAIN_TIMEOUT_S
-            ),
-            DRAIN_TIMEOUT_S + 5.0,
-            "the last probes",
-        )
+        phase.set_up()
+        timing = phase.drive(seconds)
     finally:
-        watcher.stop.set()
-        load.stop.set()
-        if bare is not None:
-            bare.stop.set()
-            bare.join(timeout=10)
-        if watcher.is_alive():
-            watcher.join(timeout=10)
-        stopping = time.perf_counter()
-        worker.stop()
-        replica.stop()
-        sender.close()
-        cleaning = time.perf_counter()
-        cleanup(run)
-        log.info(
-            "freshness %s: stopped in %.1f s, cleaned up in %.1f s",
-            run.namespace,
-            cleaning - stopping,
-            time.perf_counter() - cleaning,
-        )
-        log.info("freshness %s: done in %.1f s", run.namespace, time.perf_counter() - began)
-
-    # The worker's own share: from the probe reaching a consumer to visible in Redis.
-    worker_hop = [
-        probe_times.visible[k] - probe_times.in_kafka[k]
-        for k in probe_times.visible
-        if k in probe_times.in_kafka
-    ]
-    figures: dict[str, Any] = {
-        "batch_size": run.worker.batch_size,
-        "batch_timeout_ms": run.worker.batch_timeout_ms,
-        "probes": len(probe_times.sent),
-        "probes_visible": len(probe_times.visible),
-        **probe_times.figures("", probe_times.visible),
-        **probe_times.figures("baseline_", probe_times.in_kafka),
-        "worker_hop_p50_ms": latency_figures("", worker_hop)["p50_ms"],
-        "worker_hop_p99_ms": latency_figures("", worker_hop)["p99_ms"],
-        "new_items": len(item_times.sent),
-        "new_items_visible": len(item_times.visible),
-        **item_times.figures("new_item_", item_times.visible),
-        **item_times.figures("baseline_new_item_", item_times.in_kafka),
-        "events_per_s_target": rate,
-        "events_per_s_achieved": round(load.sent / load.elapsed_s, 1) if load.elapsed_s else 0.0,
-        "worker_applied_per_s": round(applied_during_load / (load_end - started), 1),
-        "max_backlog_events": max(watcher.backlog_samples, default=0),
-        "end_backlog_events": end_backlog,
-        "drain_ms": round(drain_s * 1000.0, 1),
-        "worker_kept_up": end_backlog <= rate,
-        "worker_process": worker_process,
-        "worker_batches": int(batches_during_load[0]),
-        "worker_mean_batch_events": round(applied_during_load / max(batches_during_load[0], 1), 1),
-        "worker_mean_batch_ms": round(batches_during_load[1] / max(batches_during_load[0], 1), 1),
-    }
-    figures["ratio"] = _ratio(figures["p99_ms"], figures["baseline_p99_ms"])
-    figures["new_item_ratio"] = _ratio(
-        figures["new_item_p99_ms"], figures["baseline_new_item_p99_ms"]
-    )
-    return figures
+        phase.tear_down()
+    return phase.figures(timing)
 
 
 def _ratio(value: float | None, baseline: float | None) -> float | None:

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,7 @@ def run_soak_bench(
     worker = WorkerRun(run, own_process=True)
     api: ServerProcess | None = None
     load: Load | None = None
-    backlog: list[tuple[float, int]] = []
-    rss: list[tuple[float, int | None, int | None]] = []
+    trace = _Trace()
     try:
         worker.start()
         now_ms = seed_world(run, sim, worker, history)
@@ -163,43 +163,11 @@ def run_soak_bench(
             lambda r: r.status_code == 200 and r.json()["index"]["items"] >= catalog,
             SETUP_TIMEOUT_S,
         )
-        base_applied = worker.applied
         events = list(sim.events(math.ceil(rate * seconds * 1.05), start_ms=now_ms))
         load = Load(run, events, rate)
         rng = np.random.default_rng(seed)
         paths = [f"/feed/u{n}?k=20" for n in rng.integers(0, users, 5000)]
-        out = Path(tempfile.mkdtemp(prefix="streamrec-soak-")) / "samples.json"
-        job = {
-            "base": api.url,
-            "paths": paths,
-            "rate": requests_per_s,
-            "seconds": seconds,
-            "out": str(out),
-        }
-        code = "from streamrec.bench.soak import paced_main; paced_main()"
-        client = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
-        load.start()
-        started = time.perf_counter()
-        assert client.stdin is not None
-        client.stdin.write(orjson.dumps(job))
-        client.stdin.close()
-        probe = Probe(api.url, worker.pid or 0, api.pid, run.redis_url)
-        next_probe = 0.0
-        while client.poll() is None:
-            t = time.perf_counter() - started
-            backlog.append((t, max(load.sent - (worker.applied - base_applied), 0)))
-            rss.append((t, rss_bytes(worker.pid or 0), rss_bytes(api.pid)))
-            if t >= next_probe:
-                probe.read(t)
-                next_probe += PROBE_EVERY_S
-            time.sleep(1.0)
-        probe.close()
-        if client.returncode != 0:
-            raise RuntimeError(f"the load client failed with exit code {client.returncode}")
-        samples = [(float(a), float(b), bool(c)) for a, b, c in orjson.loads(out.read_bytes())]
-        shutil.rmtree(out.parent, ignore_errors=True)
-        load.stop.set()
-        load.join(timeout=30)
+        samples, probe = _drive(run, api, worker, load, trace, paths, requests_per_s, seconds)
     finally:
         if load is not None:
             load.stop.set()
@@ -208,10 +176,91 @@ def run_soak_bench(
         worker.stop()
         cleanup(run)
 
-    rows = _minutes(samples, backlog, rss, warmup_minutes + minutes)
+    rows = _minutes(samples, trace.backlog, trace.rss, warmup_minutes + minutes)
     for row in rows:
         row.update(probe.minute((row["minute"] - 1) * 60.0, row["minute"] * 60.0))
         row["warmup"] = row["minute"] <= warmup_minutes
+    figures = _summary(
+        rows,
+        minutes=minutes,
+        warmup_minutes=warmup_minutes,
+        rate=rate,
+        requests_per_s=requests_per_s,
+        missed=max(int(requests_per_s * seconds) - len(samples), 0),
+    )
+    table = {
+        f"minute {r['minute']}": orjson.dumps(
+            {k: v for k, v in r.items() if k != "minute"}
+        ).decode()
+        for r in rows
+    }
+    print_table(
+        f"bench soak ({warmup_minutes} min warm-up, {minutes} min measured)",
+        {**{k: v for k, v in figures.items() if k != "per_minute"}, **table},
+    )
+    return figures
+
+
+@dataclass
+class _Trace:
+    """Sampled once a second while the load runs: backlog and both processes' RSS."""
+
+    backlog: list[tuple[float, int]] = field(default_factory=list)
+    rss: list[tuple[float, int | None, int | None]] = field(default_factory=list)
+
+
+def _drive(
+    run: Settings,
+    api: ServerProcess,
+    worker: WorkerRun,
+    load: Load,
+    trace: _Trace,
+    paths: list[str],
+    requests_per_s: float,
+    seconds: float,
+) -> tuple[list[tuple[float, float, bool]], Probe]:
+    """Run the load and the paced feed client for ``seconds``; the client's samples (time,
+    latency, error) and the probe of the worker's and API's own figures."""
+    base_applied = worker.applied
+    out = Path(tempfile.mkdtemp(prefix="streamrec-soak-")) / "samples.json"
+    job = {"base": api.url, "paths": paths, "rate": requests_per_s, "seconds": seconds}
+    code = "from streamrec.bench.soak import paced_main; paced_main()"
+    client = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    load.start()
+    started = time.perf_counter()
+    assert client.stdin is not None
+    client.stdin.write(orjson.dumps(job | {"out": str(out)}))
+    client.stdin.close()
+    probe = Probe(api.url, worker.pid or 0, api.pid, run.redis_url)
+    next_probe = 0.0
+    while client.poll() is None:
+        t = time.perf_counter() - started
+        trace.backlog.append((t, max(load.sent - (worker.applied - base_applied), 0)))
+        trace.rss.append((t, rss_bytes(worker.pid or 0), rss_bytes(api.pid)))
+        if t >= next_probe:
+            probe.read(t)
+            next_probe += PROBE_EVERY_S
+        time.sleep(1.0)
+    probe.close()
+    if client.returncode != 0:
+        raise RuntimeError(f"the load client failed with exit code {client.returncode}")
+    samples = [(float(a), float(b), bool(c)) for a, b, c in orjson.loads(out.read_bytes())]
+    shutil.rmtree(out.parent, ignore_errors=True)
+    load.stop.set()
+    load.join(timeout=30)
+    return samples, probe
+
+
+def _summary(
+    rows: list[dict[str, Any]],
+    *,
+    minutes: int,
+    warmup_minutes: int,
+    rate: float,
+    requests_per_s: float,
+    missed: int,
+) -> dict[str, Any]:
+    """The run's figures from its minutes."""
     measured = [r for r in rows if not r["warmup"]]
     full = [r for r in measured if r["p99_ms"] is not None]
     # From the end of the warm-up (or of the first minute without one) to the end.
@@ -221,7 +270,7 @@ def run_soak_bench(
         for key in ("worker_rss_mb", "api_rss_mb")
         if (g := _growth([*start, measured[-1]], key)) is not None
     ]
-    figures: dict[str, Any] = {
+    return {
         "bench": "soak",
         "minutes": minutes,
         "warmup_minutes": warmup_minutes,
@@ -238,20 +287,9 @@ def run_soak_bench(
         "errors": sum(r["errors"] for r in rows),
         "p99_max_ms": max((r["p99_ms"] for r in full), default=None),
         # Open loop: requests still unsent when the run ended (the client fell behind).
-        "requests_missed": max(int(requests_per_s * seconds) - len(samples), 0),
+        "requests_missed": missed,
         "max_lag": max((r["max_lag"] or 0 for r in measured), default=None),
         "max_lag_warmup": max((r["max_lag"] or 0 for r in rows if r["warmup"]), default=None),
         "per_minute": rows,
         "goals": "p99 drift < 20%, rss growth < 10% after warm-up, 0 errors, lag bounded",
     }
-    table = {
-        f"minute {r['minute']}": orjson.dumps(
-            {k: v for k, v in r.items() if k != "minute"}
-        ).decode()
-        for r in rows
-    }
-    print_table(
-        f"bench soak ({warmup_minutes} min warm-up, {minutes} min measured)",
-        {**{k: v for k, v in figures.items() if k != "per_minute"}, **table},
-    )
-    return figures
