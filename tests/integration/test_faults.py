@@ -273,7 +273,6 @@ def test_redis_restarted_empty_the_worker_rebuilds_the_state_from_the_log(
         now_s = time.time()
         truth = ground_truth(d, items, stream, now_s)
         rebuilt("the stream applied again after a wipe mid-stream", stream, truth)
-        assert "the other topics go on" in log_text(f"{d.namespace}-w")  # the catalog first
 
         # With the worker idle: nothing fails for it to notice, yet it does.
         redis.kill()
