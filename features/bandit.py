@@ -24,13 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.batch import WriteBatch
-from features.decay import (
-    decay_rate,
-    forward_weight,
-    read_factor,
-)
+from features.decay import decay_rate, forward_weight
 from features.keys import Keys
-from features.landmarks import batch_landmark
+from features.landmarks import Ranked, batch_landmark, landmark_factor
 from features.store import Store
 
 #: Field of the landmarks hash shared by every segment's counters.
@@ -83,7 +79,9 @@ class SourceBandit:
         ...     *(Outcome("new|mobile", "fresh", 0.0, 7_200_000) for _ in range(2)),
         ... ])
         >>> store.commit(batch)
-        >>> posts = bandit.posteriors(store, "new|mobile", now_s=7_200.0)
+        >>> stored = store.top(Keys("b").bandit("new|mobile"), 100)
+        >>> landmarks = store.hgetall(Keys("b").landmarks())
+        >>> posts = bandit.posteriors(stored, landmarks, now_s=7_200.0)
         >>> posts["trending"]
         Posterior(alpha=3.0, beta=2.0, shown=3.0, rewards=2.0)
         >>> rng = np.random.default_rng(7)
@@ -95,8 +93,6 @@ class SourceBandit:
         >>> source, propensity = choose_source(probs, rng)
         >>> source, round(propensity, 4), propensity_method(2000)
         ('covis', 0.3677, 'monte-carlo:2000')
-        >>> bandit.segments(store)
-        ['new|mobile']
     """
 
     def __init__(
@@ -155,15 +151,16 @@ class SourceBandit:
             batch.zincrby_many(self.keys.bandit(segment), members)
         batch.zadd(self.keys.bandit_segments(), last_seen, greater=True)
 
-    def posteriors(self, store: Store, segment: str, now_s: float) -> dict[str, Posterior]:
-        """Every source seen in ``segment``, with its posterior as decayed to ``now_s``."""
-        landmark = store.hgetall(self.keys.landmarks()).get(FAMILY)
-        if landmark is None:
+    def posteriors(
+        self, stored: Ranked, landmarks: Mapping[str, str], now_s: float
+    ) -> dict[str, Posterior]:
+        """Every source of one segment, with its posterior decayed to ``now_s``, given the
+        segment's stored counts (its whole sorted set) and the landmarks hash as read."""
+        factor = landmark_factor(landmarks, FAMILY, self.rate, now_s)
+        if factor is None:
             return {}
-        key = self.keys.bandit(segment)
-        factor = read_factor(now_s, float(landmark), self.rate)
         counts: dict[str, list[float]] = {}
-        for member, raw in store.top(key, store.zcard(key)):
+        for member, raw in stored:
             source, _, counter = member.rpartition("|")
             pair = counts.setdefault(source, [0.0, 0.0])
             if counter == _SHOWN:

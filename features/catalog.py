@@ -42,6 +42,22 @@ class ItemMeta:
         )
 
 
+def deletion_time(record: Mapping[str, str]) -> int | None:
+    """When a catalog record was deleted (ms), or None if it is not a tombstone: a delete
+    leaves no creation time (:meth:`Catalog.remove`), an unavailable upsert does.
+
+    Examples:
+        >>> deletion_time({"available": "0", "updated_at": "17"})
+        17
+        >>> deletion_time({"available": "0", "created_at": "5", "updated_at": "17"}) is None
+        True
+    """
+    if record.get("available") != "0" or "created_at" in record:
+        return None
+    updated = record.get("updated_at", "")
+    return int(updated) if updated.isdigit() else 0
+
+
 class Catalog:
     """Item records as hashes, plus a sorted set of available items by creation time.
 
@@ -52,8 +68,8 @@ class Catalog:
         ...                created_at_ms=5, ts_ms=5)
         >>> catalog.remove(batch, "b", ts_ms=6)
         >>> store.commit(batch)
-        >>> catalog.available_mask(store, ["a", "b", "zzz"])
-        [True, False, True]
+        >>> [meta and meta.available for meta in catalog.records(store, ["a", "b", "zzz"])]
+        [True, False, None]
     """
 
     def __init__(self, keys: Keys) -> None:
@@ -131,11 +147,6 @@ class Catalog:
             },
         )
         batch.zrem(self.keys.items_by_time(), [item_id])
-
-    def available_mask(self, store: Store, item_ids: Sequence[str]) -> list[bool]:
-        """Whether each item may be shown; items never announced count as available."""
-        flags = store.hget_many([self.keys.item(i) for i in item_ids], "available")
-        return [flag != "0" for flag in flags]
 
     def records(self, store: Store, item_ids: Sequence[str]) -> list[ItemMeta | None]:
         """Each item's catalog meta; None for items never seen."""

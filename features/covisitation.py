@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from features.batch import WriteBatch
-from features.decay import decay_rate, forward_weight, read_factor
+from features.decay import decay_rate, forward_weight
 from features.keys import Keys
-from features.landmarks import batch_landmark
+from features.landmarks import Ranked, batch_landmark, decayed, landmark_factor
 from features.settings import FeatureSettings
 from features.store import Store
 
@@ -42,8 +42,8 @@ class Covisitation:
         >>> covis.add(batch, {}, {"u": []}, {"u": visits})["u"][0]
         ('c', 3000.0)
         >>> store.commit(batch)
-        >>> [item for item, _ in covis.neighbours(store, "a", 5, now_s=3.0)]
-        ['c', 'b']
+        >>> [[item for item, _ in row] for row in covis.neighbours_many(store, ["a"], 5, 3.0)]
+        [['c', 'b']]
     """
 
     def __init__(
@@ -161,23 +161,21 @@ class Covisitation:
         del recent[self.history_size :]
         return recent
 
-    def neighbours(
-        self, store: Store, item_id: str, k: int, now_s: float
-    ) -> list[tuple[str, float]]:
-        """An item's ``k`` strongest co-visited neighbours with decayed scores."""
-        landmark = store.hgetall(self.keys.landmarks()).get(FAMILY)
-        if landmark is None:
-            return []
-        factor = read_factor(now_s, float(landmark), self.rate)
-        return [(i, s * factor) for i, s in store.top(self.keys.covisitation(item_id), k)]
+    def decayed(
+        self, rows: Sequence[Ranked], landmarks: Mapping[str, str], now_s: float
+    ) -> list[Ranked]:
+        """Stored neighbour rows (``store.top`` of each item's key) decayed to ``now_s``,
+        given the landmarks hash as read."""
+        factor = landmark_factor(landmarks, FAMILY, self.rate, now_s)
+        return [decayed(row, factor) for row in rows]
 
     def neighbours_many(
         self, store: Store, item_ids: Sequence[str], k: int, now_s: float
-    ) -> list[list[tuple[str, float]]]:
-        """:meth:`neighbours` of several items: one landmark read and one batched read."""
-        landmark = store.hgetall(self.keys.landmarks()).get(FAMILY)
-        if landmark is None or not item_ids:
-            return [[] for _ in item_ids]
-        factor = read_factor(now_s, float(landmark), self.rate)
+    ) -> list[Ranked]:
+        """Each item's ``k`` strongest co-visited neighbours with decayed scores: one
+        landmark read and one batched read."""
+        if not item_ids:
+            return []
+        landmarks = store.hgetall(self.keys.landmarks())
         rows = store.top_many([self.keys.covisitation(i) for i in item_ids], k)
-        return [[(i, s * factor) for i, s in row] for row in rows]
+        return self.decayed(rows, landmarks, now_s)

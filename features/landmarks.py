@@ -12,8 +12,11 @@ import math
 from collections.abc import Callable, Mapping
 
 from features.batch import WriteBatch
-from features.decay import needs_rotation, rotation_factor
+from features.decay import needs_rotation, read_factor, rotation_factor
 from features.keys import Keys
+
+#: (id, score) pairs, best first, as sorted sets are read.
+Ranked = list[tuple[str, float]]
 
 #: New and rotated landmarks are whole hours (for short half-lives, shorter steps): runs over
 #: the same events pick the same ones.
@@ -83,3 +86,27 @@ def batch_landmark(
         landmark = moved
     batch.hset(keys.landmarks(), {family: repr(landmark)})
     return landmark
+
+
+def landmark_factor(
+    landmarks: Mapping[str, str], family: str, rate: float, now_s: float
+) -> float | None:
+    """What turns ``family``'s stored scores into their values decayed to ``now_s``, given the
+    landmarks hash as read; None when the family was never written.
+
+    Examples:
+        >>> from features.decay import decay_rate
+        >>> landmark_factor({"f": "0.0"}, "f", decay_rate(60.0), 120.0)
+        0.25
+        >>> landmark_factor({}, "f", decay_rate(60.0), 120.0) is None
+        True
+    """
+    stored = landmarks.get(family)
+    return None if stored is None else read_factor(now_s, float(stored), rate)
+
+
+def decayed(ranked: Ranked, factor: float | None) -> Ranked:
+    """``ranked``'s stored scores times ``factor``; nothing when the family has no landmark."""
+    if factor is None:
+        return []
+    return [(item, score * factor) for item, score in ranked]

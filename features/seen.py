@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from features.batch import WriteBatch
 from features.keys import Keys
-from features.store import Store
+from features.landmarks import Ranked
 
 #: Interaction types that mark an item as unwanted by the user.
 NEGATIVE_TYPES = frozenset({"skip", "dismiss"})
@@ -27,10 +27,11 @@ class SeenSet:
         >>> store, batch = InMemoryStore(), WriteBatch()
         >>> seen.add(batch, "u", {"a": 1, "b": 2, "c": 3}, negatives={"c": 3})
         >>> store.commit(batch)
-        >>> seen.mask(store, "u", ["a", "b", "c"])
-        [False, True, True]
-        >>> seen.negative_mask(store, "u", ["b", "c"])
-        [False, True]
+        >>> items = ["a", "b", "c"]
+        >>> sorted(seen.members(items, store.zscores(Keys("t").seen("u"), items)))
+        ['b', 'c']
+        >>> sorted(seen.members(items, store.zscores(Keys("t").negatives("u"), items)))
+        ['c']
     """
 
     def __init__(self, keys: Keys, *, max_items: int, ttl_s: int) -> None:
@@ -56,16 +57,13 @@ class SeenSet:
                 batch.zkeeptop(key, self.max_items)
                 batch.expire(key, self.ttl_s)
 
-    def mask(self, store: Store, user_id: str, items: Sequence[str]) -> list[bool]:
-        """For each item, whether the user has seen it."""
-        return [score is not None for score in store.zscores(self.keys.seen(user_id), items)]
+    @staticmethod
+    def members(items: Sequence[str], scores: Sequence[float | None]) -> set[str]:
+        """Of ``items``, those a set holds, given its scores of them as read (``zscores``)."""
+        return {item for item, score in zip(items, scores, strict=True) if score is not None}
 
-    def negative_mask(self, store: Store, user_id: str, items: Sequence[str]) -> list[bool]:
-        """For each item, whether the user skipped or dismissed it."""
-        return [s is not None for s in store.zscores(self.keys.negatives(user_id), items)]
-
-    def recent(
-        self, store: Store, user_ids: Sequence[str], k: int
-    ) -> list[list[tuple[str, float]]]:
-        """Each user's ``k`` most recent items with their event times, newest first."""
-        return store.top_many([self.keys.seen(u) for u in user_ids], k)
+    @staticmethod
+    def recent_negatives(recent: Ranked, negatives: Ranked) -> frozenset[str]:
+        """Of a user's recent items (their seen-set's top), those skipped or dismissed."""
+        recent_ids = {item for item, _ in recent}
+        return frozenset(item for item, _ in negatives if item in recent_ids)

@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from features.batch import WriteBatch
-from features.decay import (
-    decay_rate,
-    forward_weight,
-    read_factor,
-)
+from features.decay import decay_rate, forward_weight
 from features.keys import GLOBAL, Keys
-from features.landmarks import batch_landmark
+from features.landmarks import Ranked, batch_landmark, decayed, landmark_factor
 from features.store import Store
+
+#: How many of the short counter's top items are considered for :meth:`Trending.rising`.
+RISING_CANDIDATES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +40,10 @@ class Trending:
         >>> store, batch = InMemoryStore(), WriteBatch()
         >>> trending.add(batch, {}, list, [Counted("a", "click", 7_200_000, "news")])
         >>> store.commit(batch)
-        >>> [(i, round(s, 6)) for i, s in trending.top(store, 3600.0, 5, now_s=10_800.0)]
+        >>> stored = store.top(Keys("t").trending(3600.0), 5)
+        >>> landmarks = store.hgetall(Keys("t").landmarks())
+        >>> [(i, round(s, 6)) for i, s in trending.decayed(stored, landmarks, 3600.0, 10_800.0)]
         [('a', 1.0)]
-        >>> [i for i, _ in trending.top(store, 3600.0, 5, 10_800.0, Keys.category_scope("news"))]
-        ['a']
         >>> trending.all_time(store, 5)
         [('a', 2.0)]
     """
@@ -112,15 +111,18 @@ class Trending:
                 last_seen[event.category] = max(t * 1000.0, last_seen.get(event.category, 0.0))
         batch.zadd(self.keys.categories(), last_seen, greater=True)
 
-    def top(
-        self, store: Store, half_life_s: float, k: int, now_s: float, scope: str = GLOBAL
-    ) -> list[tuple[str, float]]:
-        """The ``k`` items with the highest decayed counts at ``now_s``."""
-        landmark = store.hgetall(self.keys.landmarks()).get(self.family(half_life_s))
-        if landmark is None:
-            return []
-        factor = read_factor(now_s, float(landmark), decay_rate(half_life_s))
-        return [(i, s * factor) for i, s in store.top(self.keys.trending(half_life_s, scope), k)]
+    def factor(self, landmarks: Mapping[str, str], half_life_s: float, now_s: float) -> float:
+        """What turns one half-life's stored counts into counts decayed to ``now_s``, given
+        the landmarks hash as read (0 before its first count)."""
+        rate = decay_rate(half_life_s)
+        return landmark_factor(landmarks, self.family(half_life_s), rate, now_s) or 0.0
+
+    def decayed(
+        self, stored: Ranked, landmarks: Mapping[str, str], half_life_s: float, now_s: float
+    ) -> Ranked:
+        """A counter's stored top (``store.top`` of its key) decayed to ``now_s``."""
+        rate = decay_rate(half_life_s)
+        return decayed(stored, landmark_factor(landmarks, self.family(half_life_s), rate, now_s))
 
     def all_time(self, store: Store, k: int) -> list[tuple[str, float]]:
         """The ``k`` items with the most weighted interactions ever."""
@@ -128,39 +130,32 @@ class Trending:
 
     def rising(
         self,
-        store: Store,
-        k: int,
+        short: Ranked,
+        long_stored: Sequence[float | None],
+        landmarks: Mapping[str, str],
         now_s: float,
-        scope: str = GLOBAL,
+        k: int,
         *,
-        candidates: int = 200,
         min_short_score: float = 1.0,
-    ) -> list[tuple[str, float]]:
+    ) -> Ranked:
         """Items whose short-half-life count outruns their long one, most accelerated first.
 
-        For an item interacted with at a steady rate, a counter with half-life ``h`` settles
-        at ``rate · h / ln 2``, so ``(short / h_short) / (long / h_long)`` is 1 for a steady
-        item and grows with acceleration. Candidates come from the short counter's top.
+        ``short`` is the short counter's decayed top (the candidates, :data:`RISING_CANDIDATES`
+        of them), ``long_stored`` the long counter's stored scores of the same items. For an
+        item interacted with at a steady rate, a counter with half-life ``h`` settles at
+        ``rate · h / ln 2``, so ``(short / h_short) / (long / h_long)`` is 1 for a steady item
+        and grows with acceleration.
         """
         if len(self.half_lives_s) < 2:
             return []
         short_h, long_h = self.half_lives_s[0], self.half_lives_s[-1]
-        short = [
-            (i, s)
-            for i, s in self.top(store, short_h, candidates, now_s, scope)
-            if s >= min_short_score
-        ]
-        if not short:
+        long_factor = landmark_factor(landmarks, self.family(long_h), decay_rate(long_h), now_s)
+        if long_factor is None:
             return []
-        landmark = store.hgetall(self.keys.landmarks()).get(self.family(long_h))
-        if landmark is None:
-            return []
-        long_factor = read_factor(now_s, float(landmark), decay_rate(long_h))
-        long_scores = store.zscores(self.keys.trending(long_h, scope), [i for i, _ in short])
         ratios = [
             (item, (s / short_h) / ((raw * long_factor) / long_h))
-            for (item, s), raw in zip(short, long_scores, strict=True)
-            if raw
+            for (item, s), raw in zip(short, long_stored, strict=True)
+            if raw and s >= min_short_score
         ]
         ratios.sort(key=lambda r: (r[1], r[0]), reverse=True)
         return ratios[:k]

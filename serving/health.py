@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from features.errors import StoreUnavailableError
 from serving.resources import Resources
 
@@ -16,16 +14,15 @@ def health_report(
 ) -> dict[str, Any]:
     """A JSON-ready report; ``status`` is "ok" only when the store, transport and a worker are."""
     now = time.time() if now_s is None else now_s
-    store_ok = r.store.ping()
+    store_ok = r.live.ping()
     transport_ok, transport_detail = r.transport_probe()
     workers: list[dict[str, Any]] = []
     if store_ok:
         try:
-            beats = r.store.hgetall(r.keys.workers())
+            beats = r.live.heartbeats()
         except StoreUnavailableError:
             beats, store_ok = {}, False
-        for worker_id, raw in sorted(beats.items()):
-            beat = orjson.loads(raw)
+        for worker_id, beat in sorted(beats.items()):
             age = now - float(beat.get("ts", 0.0))
             if age > 10 * worker_stale_s:
                 continue  # long gone; not worth reporting

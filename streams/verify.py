@@ -22,8 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from features.covisitation import FAMILY as COVIS_FAMILY
-from features.decay import decay_rate, read_factor
+from features.covisitation import Covisitation
 from features.embeddings import EmbeddingState
 from features.keys import Keys
 from features.settings import FeatureSettings
@@ -45,6 +44,8 @@ def readable_state(
     ``now_s`` (so the result does not depend on which landmark a run happened to pick)."""
     dump: Mapping[str, Any] = store.dump(keys.prefix)
     landmarks = store.hgetall(keys.landmarks())
+    trending = Trending(keys, features.half_lives_s, features.event_weights)
+    covisitation = Covisitation.from_settings(keys, features)
     out: dict[str, Any] = {}
     for key, value in dump.items():
         kind = key[len(keys.prefix) :].split(":")[0]
@@ -52,9 +53,7 @@ def readable_state(
             continue
         if kind == "trend":
             half_life = float(key[len(keys.prefix) :].split(":")[1])
-            landmark = float(landmarks[Trending.family(half_life)])
-            factor = read_factor(now_s, landmark, decay_rate(half_life))
-            value = {m: s * factor for m, s in value.items()}
+            value = dict(trending.decayed(list(value.items()), landmarks, half_life, now_s))
         elif kind in ("sess", "user"):
             state = EmbeddingState.from_bytes(value, features.embedding_dim)
             value = {
@@ -64,9 +63,8 @@ def readable_state(
                 "total": [float(x) for x in state.total],
             }
         elif kind == "covis":
-            landmark = float(landmarks[COVIS_FAMILY])
-            factor = read_factor(now_s, landmark, decay_rate(features.covisitation_half_life_s))
-            value = {m: s * factor for m, s in value.items()}
+            (row,) = covisitation.decayed([list(value.items())], landmarks, now_s)
+            value = dict(row)
         out[key] = value
     return out
 

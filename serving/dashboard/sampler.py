@@ -137,41 +137,39 @@ class DashboardSampler:
         return [s for s in list(self.metrics.recent) if s.at >= since]
 
     def _trending(self, now_s: float) -> dict[str, Any]:
-        store, trending = self.r.store, self.r.live.trending
-        categories = [c for c, _ in store.top(self.r.keys.categories(), CATEGORIES)]
+        live = self.r.live
+        categories = live.categories(CATEGORIES)
         scopes = [(GLOBAL, GLOBAL)] + [(c, Keys.category_scope(c)) for c in categories]
+        rising = {scope: {i for i, _ in live.rising(scope, TOP * 2, now_s)} for _, scope in scopes}
+        half_lives = live.trending.half_lives_s
         lists: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        for half_life in trending.half_lives_s:
+        for half_life in half_lives:
             key = f"{half_life:g}"
             lists[key] = {}
             for name, scope in scopes:
-                ranked = trending.top(store, half_life, TOP, now_s, scope)
-                rising = {i for i, _ in trending.rising(store, TOP * 2, now_s, scope)}
-                lists[key][name] = self.trending.rows(f"{key}:{name}", ranked, rising)
+                ranked = live.trending_list(half_life, scope, TOP, now_s)
+                lists[key][name] = self.trending.rows(f"{key}:{name}", ranked, rising[scope])
         return {
-            "half_lives": [{"key": f"{h:g}", "label": _label(h)} for h in trending.half_lives_s],
+            "half_lives": [{"key": f"{h:g}", "label": _label(h)} for h in half_lives],
             "categories": categories,
             "lists": lists,
         }
 
     def _stream(self, now_s: float) -> dict[str, Any]:
-        beats = []
-        for raw in self.r.store.hgetall(self.r.keys.workers()).values():
-            try:
-                beat = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if now_s - float(beat.get("ts", 0)) <= self.worker_stale_s:
-                beats.append(beat)
+        beats = [
+            beat
+            for beat in self.r.live.heartbeats().values()
+            if now_s - float(beat.get("ts", 0)) <= self.worker_stale_s
+        ]
         return self.rates.update(now_s, beats)
 
     def _bandit(self, now_s: float) -> dict[str, Any]:
-        bandit, store = self.r.live.bandit, self.r.store
+        live = self.r.live
         shares = slot_shares(self._recent(SHARES_WINDOW_S))
-        segments = list(dict.fromkeys([*shares, *bandit.segments(store)[:SEGMENTS]]))
+        segments = list(dict.fromkeys([*shares, *live.segments()[:SEGMENTS]]))
         out: dict[str, dict[str, dict[str, float | None]]] = {}
         for segment in segments:
-            posteriors = bandit.posteriors(store, segment, now_s)
+            posteriors = live.posteriors(segment, now_s)
             sources = sorted(set(posteriors) | set(shares.get(segment, {})))
             out[segment] = {
                 source: {

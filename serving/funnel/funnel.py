@@ -18,6 +18,7 @@ import numpy as np
 
 from features.bandit import blend_weights, propensity_method
 from features.errors import StoreUnavailableError
+from features.landmarks import Ranked
 from features.settings import LearningSettings
 from serving.funnel.context import (
     Candidate,
@@ -30,7 +31,7 @@ from serving.funnel.context import (
     segment_of,
 )
 from serving.funnel.filters import post_filters, pre_filters
-from serving.funnel.live import LiveReader, Ranked, UserState
+from serving.funnel.live import LiveReader, UserState
 from serving.funnel.ordering import SlateBuilder, Slot
 from serving.funnel.scoring import Scorer
 from serving.funnel.settings import FunnelSettings

@@ -13,23 +13,26 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from features.ann import AnnIndex
 from features.bandit import Posterior, SourceBandit
-from features.catalog import Catalog, ItemMeta
-from features.decay import decay_rate, read_factor
+from features.catalog import Catalog, ItemMeta, deletion_time
+from features.covisitation import Covisitation
 from features.embeddings import EmbeddingState, Vector, vector
 from features.errors import StoreUnavailableError
 from features.keys import GLOBAL, Keys
+from features.landmarks import Ranked
 from features.ranker import RankerStore, RankerWeights
+from features.seen import SeenSet
 from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
-from features.trending import Trending
+from features.trending import RISING_CANDIDATES, Trending
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Ranked = list[tuple[str, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,23 @@ class UserState:
     def is_new(self) -> bool:
         """No history at all: the cold-start segment."""
         return not self.recent and self.long_term is None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """One item as the catalog route shows it: its meta and, for a tombstone, when it went."""
+
+    meta: ItemMeta | None
+    deleted_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Popularity:
+    """One item's decayed short and long trending counts and its all-time count."""
+
+    short: float
+    long: float
+    all_time: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +125,7 @@ class LiveReader:
     ) -> None:
         self.store, self.keys, self.features = store, keys, features
         self.trending = Trending(keys, features.half_lives_s, features.event_weights)
+        self.covisitation = Covisitation.from_settings(keys, features)
         self.catalog = Catalog(keys)
         self.bandit = SourceBandit(
             keys,
@@ -120,7 +141,9 @@ class LiveReader:
         self._model = _Timed(model_reload_s, clock)
         self.short_half_life = features.half_lives_s[0]
         self.long_half_life = features.half_lives_s[-1]
-        self._last_good: Ranked = []
+        # The last global trending list read, per length: the dashboard's short lists must
+        # not cut short a degraded feed.
+        self._last_good: dict[int, Ranked] = {}
 
     @property
     def index(self) -> AnnIndex | None:
@@ -142,8 +165,7 @@ class LiveReader:
             self.features.session_gap_s * 1000
         ):
             session = None  # the session is over; the next event starts a new one
-        recent_ids = {i for i, _ in recent}
-        negative = frozenset(i for i, _ in negatives if i in recent_ids)
+        negative = SeenSet.recent_negatives(recent, negatives)
         return UserState(vector(session), vector(_state(raw_user, dim)), recent, negative)
 
     def candidate_state(self, user_id: str, items: Sequence[str], now_s: float) -> CandidateState:
@@ -158,27 +180,18 @@ class LiveReader:
             ],
             items,
         )
-        fs = self._factor(Trending.family(self.short_half_life), self.short_half_life, now_s)
-        fl = self._factor(Trending.family(self.long_half_life), self.long_half_life, now_s)
         return CandidateState(
-            seen={i for i, s in zip(items, seen, strict=True) if s is not None},
-            negative={i for i, s in zip(items, negative, strict=True) if s is not None},
-            counts={
-                i: ((s or 0.0) * fs, (x or 0.0) * fl)
-                for i, s, x in zip(items, short, long_, strict=True)
-            },
+            seen=SeenSet.members(items, seen),
+            negative=SeenSet.members(items, negative),
+            counts=self._counts(items, short, long_, now_s),
         )
 
     def covisited(self, items: Sequence[str], k: int, now_s: float) -> list[Ranked]:
         """Each item's ``k`` strongest co-visited neighbours (decayed scores)."""
-        landmark = self.landmarks().get("covis")
-        if landmark is None or not items:
-            return [[] for _ in items]
-        factor = read_factor(
-            now_s, float(landmark), decay_rate(self.features.covisitation_half_life_s)
-        )
+        if not items:
+            return []
         rows = self.store.top_many([self.keys.covisitation(i) for i in items], k)
-        return [[(i, s * factor) for i, s in row] for row in rows]
+        return self.covisitation.decayed(rows, self.landmarks(), now_s)
 
     # --- global, reused for a second ------------------------------------------------------
 
@@ -188,18 +201,42 @@ class LiveReader:
             "landmarks", lambda: self.store.hgetall(self.keys.landmarks()), stale_ok=True
         )
 
+    def _framed(self, name: object, read: Callable[[], T]) -> tuple[T, dict[str, str]]:
+        """``read()`` and the landmarks hash read right after it, reused together: stored
+        scores are only meaningful against the landmarks they were written under, and a
+        landmark may move between two reads."""
+        return self._lists.get(
+            name, lambda: (read(), self.store.hgetall(self.keys.landmarks())), stale_ok=True
+        )
+
     def trending_list(self, half_life_s: float, scope: str, k: int, now_s: float) -> Ranked:
         """Top ``k`` of one trending counter, decayed to ``now_s``."""
-        raw = self._lists.get(
+        stored, landmarks = self._framed(
             ("trend", half_life_s, scope, k),
             lambda: self.store.top(self.keys.trending(half_life_s, scope), k),
-            stale_ok=True,
         )
-        factor = self._factor(Trending.family(half_life_s), half_life_s, now_s)
-        ranked = [(i, s * factor) for i, s in raw]
+        ranked = self.trending.decayed(stored, landmarks, half_life_s, now_s)
         if scope == GLOBAL and ranked:
-            self._last_good = ranked
+            self._last_good[k] = ranked
         return ranked
+
+    def rising(self, scope: str, k: int, now_s: float) -> Ranked:
+        """The ``k`` items of ``scope`` whose short-term rate most outruns their long-term one."""
+        short = self.trending_list(self.short_half_life, scope, RISING_CANDIDATES, now_s)
+        if not short:
+            return []
+        long_key = self.keys.trending(self.long_half_life, scope)
+        long_stored = self.store.zscores(long_key, [i for i, _ in short])
+        return self.trending.rising(short, long_stored, self.landmarks(), now_s, k)
+
+    def categories(self, n: int) -> list[str]:
+        """The ``n`` categories counted most recently."""
+        return [
+            c
+            for c, _ in self._lists.get(
+                ("categories", n), lambda: self.store.top(self.keys.categories(), n), stale_ok=True
+            )
+        ]
 
     def popular_list(self, k: int) -> Ranked:
         """Top ``k`` by all-time weighted interactions."""
@@ -215,25 +252,50 @@ class LiveReader:
 
     def posteriors(self, segment: str, now_s: float) -> dict[str, Posterior]:
         """The bandit's posteriors for one segment."""
-        return self._lists.get(
-            ("bandit", segment),
-            lambda: self.bandit.posteriors(self.store, segment, now_s),
-            stale_ok=True,
+        key = self.keys.bandit(segment)
+        stored, landmarks = self._framed(
+            ("bandit", segment), lambda: self.store.top(key, self.store.zcard(key))
         )
+        return self.bandit.posteriors(stored, landmarks, now_s)
+
+    def segments(self) -> list[str]:
+        """Every bandit segment with stored counts, most recently updated first."""
+        return self._lists.get("segments", lambda: self.bandit.segments(self.store), stale_ok=True)
 
     def ranker(self) -> RankerWeights:
         """The combined ranker parts, reloaded every few seconds."""
         return self._model.get("ranker", lambda: self.rankers.load(self.store), stale_ok=True)
 
     def last_good(self, k: int) -> Ranked:
-        """The last global trending list read, for degraded feeds ([] if none ever was)."""
-        return self._last_good[:k]
+        """The last global trending list read, for degraded feeds ([] if none ever was): the
+        shortest one that has ``k`` items, else the longest."""
+        lists = sorted(self._last_good.items())
+        fits = [ranked for length, ranked in lists if length >= k]
+        chosen = fits[0] if fits else (lists[-1][1] if lists else [])
+        return chosen[:k]
 
-    # --- per candidate ----------------------------------------------------------------------
+    # --- per item ---------------------------------------------------------------------------
 
     def counts(self, items: Sequence[str], now_s: float) -> dict[str, tuple[float, float]]:
         """Decayed short and long trending counts of ``items`` (0 when absent)."""
-        return self.candidate_state("", items, now_s).counts
+        short, long_ = self.store.zscores_many(
+            [self.keys.trending(self.short_half_life), self.keys.trending(self.long_half_life)],
+            items,
+        )
+        return self._counts(items, short, long_, now_s)
+
+    def popularity(self, item_id: str, now_s: float) -> Popularity:
+        """One item's decayed trending counts and all-time count: one round trip."""
+        short, long_, all_time = self.store.zscores_many(
+            [
+                self.keys.trending(self.short_half_life),
+                self.keys.trending(self.long_half_life),
+                self.keys.popularity_all_time(),
+            ],
+            [item_id],
+        )
+        (counts,) = self._counts([item_id], short, long_, now_s).values()
+        return Popularity(counts[0], counts[1], all_time[0] or 0.0)
 
     def metas(self, items: Sequence[str]) -> list[ItemMeta | None]:
         """Catalog meta of each item: from the replica's catalog, else the store."""
@@ -242,11 +304,44 @@ class LiveReader:
             return [view.get(i) for i in items]
         return self.catalog.records(self.store, items)
 
-    def _factor(self, family: str, half_life_s: float, now_s: float) -> float:
-        landmark = self.landmarks().get(family)
-        if landmark is None:
-            return 0.0
-        return read_factor(now_s, float(landmark), decay_rate(half_life_s))
+    def item_record(self, item_id: str) -> ItemRecord:
+        """An item's catalog record as the store holds it, and when it was deleted."""
+        record = self.store.hgetall(self.keys.item(item_id))
+        return ItemRecord(ItemMeta.from_record(record), deletion_time(record))
+
+    # --- the deployment --------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """Whether the store answers."""
+        return self.store.ping()
+
+    def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Each worker's last heartbeat, by worker id; an unreadable one is skipped."""
+        beats: dict[str, dict[str, Any]] = {}
+        for worker_id, raw in self.store.hgetall(self.keys.workers()).items():
+            try:
+                beat = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("unreadable heartbeat of worker %s; ignoring it", worker_id)
+                continue
+            if isinstance(beat, dict):
+                beats[worker_id] = beat
+        return beats
+
+    def _counts(
+        self,
+        items: Sequence[str],
+        short: Sequence[float | None],
+        long_: Sequence[float | None],
+        now_s: float,
+    ) -> dict[str, tuple[float, float]]:
+        landmarks = self.landmarks()
+        fs = self.trending.factor(landmarks, self.short_half_life, now_s)
+        fl = self.trending.factor(landmarks, self.long_half_life, now_s)
+        return {
+            i: ((s or 0.0) * fs, (x or 0.0) * fl)
+            for i, s, x in zip(items, short, long_, strict=True)
+        }
 
 
 def _state(raw: bytes | None, dim: int) -> EmbeddingState | None:

@@ -12,8 +12,9 @@ from collections import defaultdict
 from typing import ClassVar
 
 from features.keys import Keys
+from features.landmarks import Ranked
 from serving.funnel.context import FeedContext
-from serving.funnel.live import LiveReader, Ranked
+from serving.funnel.live import LiveReader
 from serving.funnel.settings import FunnelSettings
 
 #: Registry: source name → class.

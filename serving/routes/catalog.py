@@ -69,7 +69,7 @@ def get_trending(
     live = resources.live
     try:
         ranked = live.trending_list(half_life, scope, size, now)
-        rising = dict(live.trending.rising(resources.store, size * 2, now, scope))
+        rising = dict(live.rising(scope, size * 2, now))
     except StoreUnavailableError:
         return JSONBytes(
             {"window_s": half_life, "category": category, "degraded": True, "items": []}
@@ -85,22 +85,6 @@ def get_trending(
             ],
         }
     )
-
-
-def deletion_time(record: dict[str, str]) -> int | None:
-    """When a catalog record was deleted (ms), or None if it is not a tombstone: a delete
-    leaves no creation time (``features.catalog.Catalog.remove``), an unavailable upsert does.
-
-    Examples:
-        >>> deletion_time({"available": "0", "updated_at": "17"})
-        17
-        >>> deletion_time({"available": "0", "created_at": "5", "updated_at": "17"}) is None
-        True
-    """
-    if record.get("available") != "0" or "created_at" in record:
-        return None
-    updated = record.get("updated_at", "")
-    return int(updated) if updated.isdigit() else 0
 
 
 @router.get(
@@ -123,17 +107,15 @@ def get_item(
     """An item's catalog record, availability, and live popularity."""
     live = resources.live
     try:
-        (meta,) = live.catalog.records(resources.store, [item_id])
+        record = live.item_record(item_id)
+        meta = record.meta
         if meta is None:
             return error(404, ["path", "item_id"], f"unknown item {item_id!r}")
-        if not meta.available:
-            deleted_at = deletion_time(resources.store.hgetall(resources.keys.item(item_id)))
-            if deleted_at is not None:
-                detail = [{"loc": ["path", "item_id"], "msg": f"item {item_id!r} was deleted"}]
-                return JSONBytes({"detail": detail, "deleted_at": deleted_at}, status_code=404)
-        now = time.time()
-        short, long_ = live.counts([item_id], now)[item_id]
-        (all_time,) = resources.store.zscores(resources.keys.popularity_all_time(), [item_id])
+        if record.deleted_at_ms is not None:
+            detail = [{"loc": ["path", "item_id"], "msg": f"item {item_id!r} was deleted"}]
+            body = {"detail": detail, "deleted_at": record.deleted_at_ms}
+            return JSONBytes(body, status_code=404)
+        popularity = live.popularity(item_id, time.time())
     except StoreUnavailableError as exc:
         return JSONBytes({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
     index = live.index
@@ -146,9 +128,9 @@ def get_item(
             "available": meta.available,
             "in_index": index is not None and item_id in index,
             "popularity": {
-                f"trending_{live.short_half_life:g}s": short,
-                f"trending_{live.long_half_life:g}s": long_,
-                "all_time": all_time or 0.0,
+                f"trending_{live.short_half_life:g}s": popularity.short,
+                f"trending_{live.long_half_life:g}s": popularity.long,
+                "all_time": popularity.all_time,
             },
         }
     )

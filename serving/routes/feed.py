@@ -95,7 +95,7 @@ def get_similar(
     if size > settings.max_k:
         return error(422, ["query", "k"], f"k must be <= {settings.max_k}")
     try:
-        (meta,) = resources.live.catalog.records(resources.store, [item_id])
+        meta = resources.live.item_record(item_id).meta
     except StoreUnavailableError:
         meta = None  # the similar feed below answers degraded
     else:

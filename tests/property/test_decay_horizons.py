@@ -23,6 +23,7 @@ from features.keys import Keys
 from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from features.trending import Counted, Trending
+from tests.reads import posteriors
 
 YEAR_S = 365.25 * 86400.0
 KEYS = Keys("h")
@@ -150,7 +151,7 @@ def test_the_bandit_reads_the_naive_decayed_sum(
     commit_each(store, batches(len(times), sizes), write)
     now_s = times[-1] + later_s
     assert store.hgetall(KEYS.landmarks())[BANDIT_FAMILY]
-    post = bandit.posteriors(store, "s", now_s)["trending"]
+    post = posteriors(bandit, store, "s", now_s)["trending"]
     assert close(post.shown, naive(times, now_s, half_life_s))
     clicked = [t for t, r in zip(times, rewards, strict=True) if r]
     assert close(post.rewards, naive(clicked, now_s, half_life_s))

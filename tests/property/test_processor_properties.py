@@ -48,6 +48,7 @@ from streams.schema import (
     encode,
 )
 from streams.settings import TopicSettings, WorkerSettings
+from tests.reads import trending_top
 from tests.state import assert_same_state, readable_state
 
 DIM = 4
@@ -399,7 +400,7 @@ def check_counters(
         expected: dict[str, float] = defaultdict(float)
         for e in applied:
             expected[e.item_id] += weights[e.type] * 0.5 ** ((now_s - e.ts / 1000.0) / half_life)
-        got = dict(trending.top(store, half_life, 10_000, now_s))
+        got = dict(trending_top(trending, store, half_life, 10_000, now_s))
         assert got.keys() == {i for i, w in expected.items() if w > 0}, half_life
         for item, score in got.items():
             assert score == pytest.approx(expected[item], rel=1e-9), (half_life, item)

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from features.batch import WriteBatch
 from features.errors import StoreUnavailableError
+from features.keys import Keys
 from features.stores.memory_store import InMemoryStore
 from serving.app import create_app
 from streamrec.settings import Settings
@@ -185,6 +187,17 @@ def test_health_reports_store_transport_and_workers(client: TestClient, system: 
     assert body["status"] == "ok"
     assert body["store"]["ok"] and body["transport"]["ok"]
     assert body["consumers"]["workers"][0]["alive"] is True
+
+
+def test_health_skips_an_unreadable_heartbeat(client: TestClient, system: System) -> None:
+    system.worker.run_once()
+    batch = WriteBatch()
+    batch.hset(Keys(system.settings.namespace).workers(), {"broken": "{not json"})
+    system.store.commit(batch)
+    response = client.get("/health")
+    assert response.status_code in (200, 503)  # a 500 would be the bug
+    workers = response.json()["consumers"]["workers"]
+    assert workers and "broken" not in {w["id"] for w in workers}
 
 
 def test_openapi_documents_the_event_schema(client: TestClient) -> None:

@@ -19,6 +19,7 @@ from features.batch import WriteBatch
 from features.decay import MAX_EXPONENT, decay_rate
 from features.keys import Keys
 from features.stores.memory_store import InMemoryStore
+from tests.reads import posteriors
 
 HOUR = 3600.0
 SEG = "new|mobile"
@@ -52,7 +53,7 @@ def probabilities(
     bandit: SourceBandit, store: InMemoryStore, now_s: float, sources: list[str], seed: int = 1
 ) -> dict[str, float]:
     return source_probabilities(
-        bandit.posteriors(store, SEG, now_s),
+        posteriors(bandit, store, SEG, now_s),
         sources,
         np.random.default_rng(seed),
         draws=4000,
@@ -64,7 +65,7 @@ def probabilities(
 def test_the_better_source_gets_the_higher_mean_and_probability() -> None:
     bandit, store = make(), InMemoryStore()
     apply(bandit, store, slots("good", 200, 5, T0_MS) + slots("poor", 200, 50, T0_MS))
-    posts = bandit.posteriors(store, SEG, T0_MS / 1000)
+    posts = posteriors(bandit, store, SEG, T0_MS / 1000)
     assert posts["good"] == Posterior(alpha=41.0, beta=161.0, shown=200.0, rewards=40.0)
     assert posts["poor"] == Posterior(alpha=5.0, beta=197.0, shown=200.0, rewards=4.0)
     assert posts["good"].mean > posts["poor"].mean
@@ -78,12 +79,12 @@ def test_outcomes_one_half_life_older_weigh_half() -> None:
     older = slots("a", 4, 2, T0_MS)  # 4 slots, 2 clicks
     newer = slots("a", 4, 0, T0_MS + int(HOUR * 1000))  # 4 slots, no click
     apply(bandit, store, older + newer)
-    one_later = bandit.posteriors(store, SEG, T0_MS / 1000 + HOUR)["a"]
+    one_later = posteriors(bandit, store, SEG, T0_MS / 1000 + HOUR)["a"]
     assert one_later.shown == pytest.approx(4 * 0.5 + 4)
     assert one_later.rewards == pytest.approx(2 * 0.5)
     assert one_later.alpha == pytest.approx(1.0 + 1.0)
     assert one_later.beta == pytest.approx(1.0 + 6.0 - 1.0)
-    two_later = bandit.posteriors(store, SEG, T0_MS / 1000 + 2 * HOUR)["a"]
+    two_later = posteriors(bandit, store, SEG, T0_MS / 1000 + 2 * HOUR)["a"]
     assert two_later.shown == pytest.approx(4 * 0.25 + 4 * 0.5)
 
 
@@ -92,20 +93,20 @@ def test_a_landmark_rotation_leaves_every_segment_posterior_unchanged() -> None:
     t0_s = 1_000_000.0
     apply(bandit, store, slots("a", 10, 3, int(t0_s * 1000)) + slots("b", 5, 0, int(t0_s * 1000)))
     read_at = t0_s + 60.0
-    before = bandit.posteriors(store, SEG, read_at)
+    before = posteriors(bandit, store, SEG, read_at)
     first = landmark(store, bandit)
     t1_s = float(int(first + 1.5 * MAX_EXPONENT / decay_rate(60.0)))
     # Only another segment gets new outcomes: SEG must be rescaled as a known segment.
     apply(bandit, store, slots("a", 2, 2, int(t1_s * 1000), segment="old|web"))
     assert landmark(store, bandit) > first
-    after = bandit.posteriors(store, SEG, read_at)
+    after = posteriors(bandit, store, SEG, read_at)
     assert after.keys() == before.keys()
     for source, post in before.items():
         for field in ("alpha", "beta", "shown", "rewards"):
             expected = getattr(post, field)
             assert getattr(after[source], field) == pytest.approx(expected, rel=1e-9)
     assert before["a"].shown == pytest.approx(5.0)  # 10 slots, one half-life old
-    other = bandit.posteriors(store, "old|web", t1_s)["a"]
+    other = posteriors(bandit, store, "old|web", t1_s)["a"]
     assert (other.shown, other.rewards) == pytest.approx((2.0, 1.0))
 
 
@@ -128,8 +129,8 @@ def test_increments_commute_across_batches() -> None:
         assert sorted(bandit.segments(store)) == sorted(bandit.segments(one))
         for segment in (SEG, "old|web"):
             got, want = (
-                bandit.posteriors(store, segment, now_s),
-                bandit.posteriors(one, segment, now_s),
+                posteriors(bandit, store, segment, now_s),
+                posteriors(bandit, one, segment, now_s),
             )
             assert got.keys() == want.keys()
             for source, post in want.items():

@@ -36,6 +36,7 @@ from streams.partitioning import partition_for
 from streams.runtime import Worker
 from streams.schema import Impression, Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
+from tests.reads import posteriors as read_posteriors
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,7 +197,7 @@ class Loop:
         return out
 
     def posterior_means(self) -> dict[str, float]:
-        found = self.bandit.posteriors(self.store, SEGMENT, self.now_s)
+        found = read_posteriors(self.bandit, self.store, SEGMENT, self.now_s)
         return {s: round(p.mean, 4) for s, p in sorted(found.items())}
 
 
@@ -289,7 +290,7 @@ def test_every_closed_feed_teaches_the_bandit_each_slot_once(
     assert 0 < still_open < len(loop.served)
     assert loop.worker.stats.dead_lettered == 0
     assert rewards["popular"] == 0 and rewards["fresh"] > 0
-    found = loop.bandit.posteriors(loop.store, SEGMENT, loop.now_s)
+    found = read_posteriors(loop.bandit, loop.store, SEGMENT, loop.now_s)
     assert {s: p.shown for s, p in found.items()} == pytest.approx(dict(shown), rel=1e-9)
     assert {s: p.rewards for s, p in found.items()} == pytest.approx(
         {s: rewards[s] for s in shown}, rel=1e-9, abs=1e-12
@@ -311,7 +312,7 @@ def test_logged_propensities_are_the_policys_probabilities(
     loop = make_loop(seed=5, explore_share=0.5)  # a mixture far from degenerate
     loop.run(150, {"fresh": 0.09, "trending": 0.06, "covisitation": 0.04, "popular": 0.02})
     learning = loop.settings.learning
-    posteriors = loop.bandit.posteriors(loop.store, SEGMENT, loop.now_s)
+    posteriors = read_posteriors(loop.bandit, loop.store, SEGMENT, loop.now_s)
     results = [
         loop.service.feed(
             FeedRequest(

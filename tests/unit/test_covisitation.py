@@ -9,6 +9,7 @@ from features.covisitation import Covisitation, Visit
 from features.keys import Keys
 from features.seen import SeenSet
 from features.stores.memory_store import InMemoryStore
+from tests.reads import neighbours
 
 KEYS = Keys("t")
 MIN = 60_000
@@ -18,7 +19,9 @@ def run(covis: Covisitation, store: InMemoryStore, visits: dict[str, list[Visit]
     """One batch, reading history from the seen-set as the processor does."""
     seen = SeenSet(KEYS, max_items=100, ttl_s=3600)
     users = list(visits)
-    history = dict(zip(users, seen.recent(store, users, covis.history_size), strict=True))
+    history = dict(
+        zip(users, store.top_many([KEYS.seen(u) for u in users], covis.history_size), strict=True)
+    )
     batch = WriteBatch()
     covis.add(batch, store.hgetall(KEYS.landmarks()), history, visits)
     for user, vs in visits.items():
@@ -31,9 +34,9 @@ def test_symmetric_pairs_within_the_window_are_counted_both_ways() -> None:
     store = InMemoryStore()
     run(covis, store, {"u": [Visit(i, n * MIN, True) for n, i in enumerate("abcd")]})
     # window 2: b-a, c-b, c-a, d-c, d-b (not d-a)
-    assert {i for i, _ in covis.neighbours(store, "d", 10, 0.0)} == {"c", "b"}
-    assert {i for i, _ in covis.neighbours(store, "a", 10, 0.0)} == {"b", "c"}
-    scores = dict(covis.neighbours(store, "c", 10, 0.0))
+    assert {i for i, _ in neighbours(covis, store, "d", 10, 0.0)} == {"c", "b"}
+    assert {i for i, _ in neighbours(covis, store, "a", 10, 0.0)} == {"b", "c"}
+    scores = dict(neighbours(covis, store, "c", 10, 0.0))
     assert scores == pytest.approx({"a": 1.0, "b": 1.0, "d": 1.0}, rel=1e-6)
 
 
@@ -42,8 +45,8 @@ def test_negatives_and_old_history_do_not_pair() -> None:
     store = InMemoryStore()
     visits = [Visit("a", 0, True), Visit("b", 1 * MIN, False), Visit("c", 30 * MIN, True)]
     run(covis, store, {"u": visits})
-    assert covis.neighbours(store, "b", 10, 0.0) == []  # b was skipped: it creates no pair
-    assert covis.neighbours(store, "c", 10, 0.0) == []  # a and b are 29+ minutes older
+    assert neighbours(covis, store, "b", 10, 0.0) == []  # b was skipped: it creates no pair
+    assert neighbours(covis, store, "c", 10, 0.0) == []  # a and b are 29+ minutes older
 
 
 def test_scores_decay_with_event_time() -> None:
@@ -51,7 +54,7 @@ def test_scores_decay_with_event_time() -> None:
     store = InMemoryStore()
     run(covis, store, {"u": [Visit("a", 0, True), Visit("b", 1000, True)]})
     run(covis, store, {"v": [Visit("a", 3_600_000, True), Visit("c", 3_601_000, True)]})
-    scores = dict(covis.neighbours(store, "a", 10, now_s=3601.0))
+    scores = dict(neighbours(covis, store, "a", 10, now_s=3601.0))
     assert scores["c"] == pytest.approx(2 * scores["b"], rel=1e-6)
 
 
@@ -87,6 +90,6 @@ def test_by_default_lists_hold_what_followed() -> None:
     covis = Covisitation(KEYS, window=2, half_life_s=1e9)
     store = InMemoryStore()
     run(covis, store, {"u": [Visit(i, n * MIN, True) for n, i in enumerate("abc")]})
-    assert {i for i, _ in covis.neighbours(store, "a", 10, 0.0)} == {"b", "c"}
-    assert {i for i, _ in covis.neighbours(store, "b", 10, 0.0)} == {"c"}
-    assert covis.neighbours(store, "c", 10, 0.0) == []
+    assert {i for i, _ in neighbours(covis, store, "a", 10, 0.0)} == {"b", "c"}
+    assert {i for i, _ in neighbours(covis, store, "b", 10, 0.0)} == {"c"}
+    assert neighbours(covis, store, "c", 10, 0.0) == []

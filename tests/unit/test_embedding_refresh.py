@@ -24,6 +24,7 @@ from streams.runtime import Worker
 from streams.schema import EventValidator, Interaction, Item, encode
 from streams.settings import TopicSettings
 from streams.simulator import SimulatorConfig, StreamSimulator
+from tests.reads import neighbours
 
 DIM = 16
 KEYS = Keys("sr")
@@ -111,7 +112,7 @@ def test_an_id_only_stream_gets_embeddings_that_sessions_and_the_replica_use() -
     in_neighbours, same_category = [], []
     for item in [u.item_id for u in upserts[:100]]:
         hits = [i for i, _ in index.query(index.vectors([item])[0], 10, exclude={item})]
-        found = {i for i, _ in covisitation.neighbours(store, item, 100, now_ms / 1000)}
+        found = {i for i, _ in neighbours(covisitation, store, item, 100, now_ms / 1000)}
         in_neighbours.append(len(set(hits) & found) / len(hits))
         category = sim._item_category[sim._index[item]]
         same_category += [sim._item_category[sim._index[h]] == category for h in hits]

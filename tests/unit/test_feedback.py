@@ -13,6 +13,7 @@ from streams.bus import InProcessBus
 from streams.pipeline import run_pipeline
 from streams.schema import Event, Impression, ImpressionSlot, Interaction
 from streams.settings import TopicSettings
+from tests.reads import posteriors
 
 KEYS = Keys("sr")
 LEARNING = LearningSettings(attribution_window_s=60.0, bandit_half_life_s=1e9)
@@ -77,7 +78,7 @@ class Stream:
 
     def posteriors(self, segment: str = "new|web") -> dict[str, tuple[float, float]]:
         bandit = SourceBandit(KEYS, half_life_s=1e9, prior_alpha=1.0, prior_beta=20.0)
-        found = bandit.posteriors(self.store, segment, now_s=T0 / 1000)
+        found = posteriors(bandit, self.store, segment, now_s=T0 / 1000)
         return {s: (round(p.shown, 6), round(p.rewards, 6)) for s, p in found.items()}
 
 

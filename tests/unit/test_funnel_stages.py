@@ -16,6 +16,7 @@ from features.bandit import Posterior
 from features.batch import WriteBatch
 from features.catalog import ItemMeta
 from features.keys import Keys
+from features.landmarks import Ranked
 from features.ranker import RankerStore, RankerWeights
 from features.settings import FeatureSettings, LearningSettings
 from features.stores.memory_store import InMemoryStore
@@ -38,7 +39,7 @@ from serving.funnel.filters import (
     UnavailableFilter,
 )
 from serving.funnel.funnel import FeedResult, Funnel
-from serving.funnel.live import LiveReader, Ranked, UserState
+from serving.funnel.live import LiveReader, UserState
 from serving.funnel.ordering import SlateBuilder, Slot
 from serving.funnel.scoring import BASE_FEATURES, Scorer, feature_names
 from serving.funnel.settings import FunnelSettings, PinnedItem, SourceSettings
