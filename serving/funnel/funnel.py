@@ -35,7 +35,7 @@ from serving.funnel.live import LiveReader, UserState
 from serving.funnel.ordering import SlateBuilder, Slot
 from serving.funnel.scoring import Scorer
 from serving.funnel.settings import FunnelSettings
-from serving.funnel.sources import SOURCES, CandidateSource
+from serving.funnel.sources import SOURCES, CandidateSource, SimilarItemSource, TrendingSource
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Funnel:
             for name, cfg in settings.sources.items()
             if cfg.enabled
         }
-        self.similar = SOURCES["similar_item"](live, settings)
+        self.similar = SimilarItemSource(live, settings)
         self.scorer = Scorer(live, list(self.sources), learning.ranker_min_examples)
         self.slates = SlateBuilder(
             settings, draws=learning.bandit_draws, floor=learning.bandit_floor
@@ -120,13 +120,13 @@ class Funnel:
         )
         ranked = self.similar.candidates(ctx, request.k * 3)
         watch.lap("retrieval")
-        candidates = self._candidates({"similar_item": ranked})
+        candidates = self._candidates({SimilarItemSource.name: ranked})
         for f in [*pre_filters(), *post_filters(self.settings, set(), set())]:
             candidates = f.apply(ctx, candidates)
         watch.lap("filtering")
-        slots = [Slot(c, "similar_item", 1.0) for c in candidates[: request.k]]
+        slots = [Slot(c, SimilarItemSource.name, 1.0) for c in candidates[: request.k]]
         for slot in slots:
-            slot.candidate.score = slot.candidate.sources["similar_item"]
+            slot.candidate.score = slot.candidate.sources[SimilarItemSource.name]
         return FeedResult(request, slots, trace, "similar", "similar", [])
 
     def _feed(self, request: FeedRequest) -> FeedResult:
@@ -266,7 +266,8 @@ class Funnel:
     def _degraded(self, request: FeedRequest) -> FeedResult:
         trace = Trace()
         ranked = self.live.last_good(request.k)
-        slots = [Slot(Candidate(i, {"trending": s}, score=s), "trending", 1.0) for i, s in ranked]
+        name = TrendingSource.name  # the last good list is a global trending list
+        slots = [Slot(Candidate(i, {name: s}, score=s), name, 1.0) for i, s in ranked]
         return FeedResult(request, slots, trace, "degraded", f"{POLICY}/degraded", [], True)
 
     @property

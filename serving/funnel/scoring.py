@@ -14,6 +14,7 @@ import numpy as np
 from features.ranker import LinearScorer, RankerWeights, heuristic_scores
 from serving.funnel.context import Candidate, FeedContext
 from serving.funnel.live import LiveReader, age_hours
+from serving.funnel.sources import CovisitationSource
 
 #: Features that do not depend on which sources exist.
 BASE_FEATURES = (
@@ -122,7 +123,7 @@ class Scorer:
         ratio = (short / h_short + 1e-9) / (long_ / h_long + 1e-9)
         x[:, col["trending_velocity"]] = np.where(long_ > 0, np.log(ratio), 0.0)
         x[:, col["covis_score"]] = [
-            np.log1p(c.sources.get("covisitation", 0.0)) for c in candidates
+            np.log1p(c.sources.get(CovisitationSource.name, 0.0)) for c in candidates
         ]
         now = ctx.request.now_s
         x[:, col["log_age_hours"]] = [np.log1p(age_hours(c.meta, now)) for c in candidates]

@@ -27,8 +27,9 @@ class CandidateSource(ABC):
     name: ClassVar[str]
     #: Served from this process's memory (the ANN replica, lists cached for a second): run
     #: in the request's thread, where a thread hop would cost more than the source itself.
-    #: The others wait on the store and run on the source pool, within their time budget.
-    local: ClassVar[bool] = True
+    #: The others (the default, so that a new source's time budget holds) wait on the store
+    #: and run on the source pool, within their budget.
+    local: ClassVar[bool] = False
 
     def __init__(self, live: LiveReader, settings: FunnelSettings) -> None:
         self.live = live
@@ -54,6 +55,7 @@ class SessionAnnSource(CandidateSource):
     """Nearest items to the current session's embedding (HNSW)."""
 
     name = "session_ann"
+    local = True
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         index = self.live.index
@@ -66,6 +68,7 @@ class UserAnnSource(CandidateSource):
     """Nearest items to the user's long-term embedding (HNSW)."""
 
     name = "user_ann"
+    local = True
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         index = self.live.index
@@ -78,7 +81,6 @@ class CovisitationSource(CandidateSource):
     """What users went on to after the user's recent items, newer items weighing more."""
 
     name = "covisitation"
-    local = False
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         # What followed a skipped or dismissed item is no lead.
@@ -95,6 +97,7 @@ class TrendingSource(CandidateSource):
     """Trending now: globally (shortest half-life) and in the user's or request's categories."""
 
     name = "trending"
+    local = True
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         now, half_life = ctx.request.now_s, self.live.short_half_life
@@ -114,6 +117,7 @@ class PopularSource(CandidateSource):
     """Most interacted with of all time: the safe fallback for anyone."""
 
     name = "popular"
+    local = True
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         return self.live.popular_list(k)
@@ -123,6 +127,7 @@ class FreshSource(CandidateSource):
     """The newest available items: item cold start."""
 
     name = "fresh"
+    local = True
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         # Newest first; the score is the creation time, used only for this source's order.
@@ -133,7 +138,6 @@ class SimilarItemSource(CandidateSource):
     """Items like the request's seed item: its embedding neighbours and co-visitation."""
 
     name = "similar_item"
-    local = False
 
     def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
         seed = ctx.request.item_id

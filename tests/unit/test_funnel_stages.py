@@ -332,6 +332,45 @@ def test_every_default_source_is_registered() -> None:
     assert all(SOURCES[name].name == name for name in SOURCES)
 
 
+# One contract over every registered source: a new source gets it by being registered.
+CONTRACT_WORLDS = {
+    "warm": lambda: World(
+        VECTOR_ITEMS,
+        [act("u", "a", 120), act("u", "d", 60), act("v", "a", 90), act("v", "b", 30)],
+    ),
+    "empty": lambda: World(),
+}
+
+
+@pytest.mark.parametrize("world_name", sorted(CONTRACT_WORLDS))
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_every_registered_source_keeps_the_source_contract(name: str, world_name: str) -> None:
+    world = CONTRACT_WORLDS[world_name]()
+    source = world.source(name)
+    assert source.name == name and SOURCES[name] is type(source)
+    for k in (0, 1, 3, 50):
+        ctx = world.context("u", item_id="a")
+        got = source.candidates(ctx, k)
+        assert len(got) <= k
+        assert len({i for i, _ in got}) == len(got), "an item proposed twice"
+        assert all(isinstance(i, str) and np.isfinite(s) for i, s in got)
+        assert [s for _, s in got] == sorted((s for _, s in got), reverse=True), "not best first"
+        assert got == source.candidates(world.context("u", item_id="a"), k), "not repeatable"
+
+
+def test_a_source_runs_on_the_pool_unless_it_says_it_is_local() -> None:
+    class Plain(CandidateSource):
+        name = "plain_contract_probe"
+
+        def _candidates(self, ctx: FeedContext, k: int) -> Ranked:
+            return []
+
+    try:
+        assert Plain.local is False  # its time budget holds without it having to ask
+    finally:
+        SOURCES.pop(Plain.name, None)
+
+
 @pytest.fixture
 def echo_source() -> Iterator[type[CandidateSource]]:
     assert "echo" not in SOURCES
