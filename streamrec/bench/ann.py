@@ -79,6 +79,20 @@ def _recall(results: list[list[tuple[str, float]]], truths: list[set[int] | None
     return found / (K * len(pairs)) if pairs else float("nan")
 
 
+def _snapshot_bytes(index: HnswIndex) -> int:
+    """What the index takes on disk as a serving replica's snapshot."""
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp), {"bench": "ann"})
+        return sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+
+
+def _memory_per_item(dim: int) -> float:
+    """hnswlib's bytes per item in memory: level 0 links, vector, label, the upper levels'
+    share, and the id maps."""
+    level0 = 2 * M * 4 + 4 + dim * 4 + 8
+    return level0 + (M * 4 + 4) / (M - 1) + 8 + 4 + 40
+
+
 def run_ann_bench(
     *, n: int = 100_000, dim: int = 64, queries: int = 1_000, seed: int = 0
 ) -> dict[str, Any]:
@@ -130,11 +144,8 @@ def run_ann_bench(
     exact.upsert(ids, vectors)
     baseline_qps, _ = _timed_queries(exact, probes)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        index.save(Path(tmp), {"bench": "ann"})
-        snapshot_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
-    level0 = 2 * M * 4 + 4 + dim * 4 + 8
-    memory_per_item = level0 + (M * 4 + 4) / (M - 1) + 8 + 4 + 40
+    snapshot_bytes = _snapshot_bytes(index)
+    memory_per_item = _memory_per_item(dim)
 
     figures: dict[str, Any] = {
         "bench": "ann",

@@ -63,7 +63,11 @@ def run_evaluation(
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add ``evaluate`` and ``bench eval``."""
+    _register_evaluate(app)
+    _register_bench_eval(bench)
 
+
+def _register_evaluate(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         file: Annotated[
@@ -141,6 +145,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         line = report if json_out else {k: v for k, v in report.items() if k != "series"}
         typer.echo(orjson.dumps(line).decode())
 
+
+def _register_bench_eval(bench: typer.Typer) -> None:
     @bench.command("eval")
     def bench_eval(
         config: ConfigOption = None,

@@ -22,7 +22,7 @@ from rich.table import Table
 from features.errors import InvalidEventError, StreamrecError
 from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
 from streams.readers import ReadOptions
-from streams.recording import RecordFormat
+from streams.recording import RecordFormat, RecordingError, RecordRange, parse_time_ms
 from streams.table_columns import ColumnMapping, ColumnMappingError, TsUnit
 
 if TYPE_CHECKING:
@@ -189,25 +189,28 @@ def replay(
         if producer is not None:  # what was sent before a --strict stop still goes out
             producer.close()
     result["dry_run"] = dry_run
-    _table(
-        f"replay {file.name}",
-        [
-            ("events sent", f"{result['sent']:,}" + (" (dry run)" if dry_run else "")),
-            ("undelivered", result["undelivered"]),
-            ("rows read", f"{result['rows']:,} ({result['format']})"),
-            ("rejected", result["rejected"]),
-            *((f"  {reason}", count) for reason, count in result["reasons"].items()),
-            ("duplicates dropped", result["duplicates"]),
-            ("span", f"{_iso(result['first_ts'])} → {_iso(result['last_ts'])}"),
-            ("span (s)", f"{result['span_s']:,.1f}"),
-            ("sent as", f"{_iso(result['sent_first_ts'])} → {_iso(result['sent_last_ts'])}"),
-            ("events/s", result["events_per_s"]),
-            *(("note", note) for note in result["notes"]),
-        ],
-    )
+    _table(f"replay {file.name}", _replay_rows(result))
     typer.echo(orjson.dumps(result).decode())
     if result["rejected"] or result["undelivered"] or result["interrupted"]:
         raise typer.Exit(1)
+
+
+def _replay_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The replay table's rows."""
+    dry_run = result["dry_run"]
+    return [
+        ("events sent", f"{result['sent']:,}" + (" (dry run)" if dry_run else "")),
+        ("undelivered", result["undelivered"]),
+        ("rows read", f"{result['rows']:,} ({result['format']})"),
+        ("rejected", result["rejected"]),
+        *((f"  {reason}", count) for reason, count in result["reasons"].items()),
+        ("duplicates dropped", result["duplicates"]),
+        ("span", f"{_iso(result['first_ts'])} → {_iso(result['last_ts'])}"),
+        ("span (s)", f"{result['span_s']:,.1f}"),
+        ("sent as", f"{_iso(result['sent_first_ts'])} → {_iso(result['sent_last_ts'])}"),
+        ("events/s", result["events_per_s"]),
+        *(("note", note) for note in result["notes"]),
+    ]
 
 
 @contextmanager
@@ -252,7 +255,7 @@ def record(
     config: ConfigOption = None,
 ) -> None:
     """Copy a topic's range to a file; stops at the range's end or the topic's current end."""
-    from streams.recording import RecordingError, RecordRange, parse_time_ms, record_topic
+    from streams.recording import record_topic
 
     settings = setup_command(config)
     ours = {
@@ -262,17 +265,7 @@ def record(
         "dead-letter": settings.topics.dead_letter,
     }
     name = ours.get(topic, topic)
-    try:
-        wanted = RecordRange(
-            from_offset=from_offset,
-            to_offset=to_offset,
-            since_ms=parse_time_ms(since) if since is not None else None,
-            until_ms=parse_time_ms(until) if until is not None else None,
-            partitions=tuple(partition) if partition else None,
-        )
-    except (ValueError, RecordingError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    wanted = _record_range(from_offset, to_offset, since, until, partition)
     stop: threading.Event = stop_on_signals()
     with _progress("record") as (progress, task):
         try:
@@ -292,23 +285,43 @@ def record(
             console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
     result = report.as_dict()
-    _table(
-        f"record {name}",
-        [
-            ("messages written", f"{result['written']:,} → {output} ({result['format']})"),
-            ("skipped", result["skipped"]),
-            *((f"  {reason}", count) for reason, count in result["reasons"].items()),
-            *((f"partition {p}", _partition_row(r)) for p, r in result["partitions"].items()),
-            (
-                "message times",
-                f"{_iso(result['first_timestamp'])} → {_iso(result['last_timestamp'])}",
-            ),
-            ("stopped at", result["stopped"]),
-        ],
-    )
+    _table(f"record {name}", _record_rows(result, output))
     typer.echo(orjson.dumps(result).decode())
     if result["stopped"] not in ("end of range", "end of topic"):
         raise typer.Exit(1)
+
+
+def _record_range(
+    from_offset: int | None,
+    to_offset: int | None,
+    since: str | None,
+    until: str | None,
+    partition: list[int] | None,
+) -> RecordRange:
+    """What to record, from the command's options; exit 2 naming what is wrong."""
+    try:
+        return RecordRange(
+            from_offset=from_offset,
+            to_offset=to_offset,
+            since_ms=parse_time_ms(since) if since is not None else None,
+            until_ms=parse_time_ms(until) if until is not None else None,
+            partitions=tuple(partition) if partition else None,
+        )
+    except (ValueError, RecordingError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _record_rows(result: dict[str, Any], output: Path) -> list[tuple[str, Any]]:
+    """The record table's rows."""
+    return [
+        ("messages written", f"{result['written']:,} → {output} ({result['format']})"),
+        ("skipped", result["skipped"]),
+        *((f"  {reason}", count) for reason, count in result["reasons"].items()),
+        *((f"partition {p}", _partition_row(r)) for p, r in result["partitions"].items()),
+        ("message times", f"{_iso(result['first_timestamp'])} → {_iso(result['last_timestamp'])}"),
+        ("stopped at", result["stopped"]),
+    ]
 
 
 def _partition_row(r: dict[str, Any]) -> str:

@@ -252,24 +252,44 @@ def simulate(
         _to_kafka(settings, sim, rate=rate, total=total, catalog=catalog, summary=summary)
     else:
         assert output is not None  # noqa: S101 - checked above; narrows the type
-        count = DEFAULT_FILE_EVENTS if total is None else total
-        first = start_ms if start_ms is not None else int(time.time() * 1000 - count / rate * 1e3)
-        with ExitStack() as stack:
-            out = _open_output(output, stack)
-            try:
-                write_jsonl(
-                    sim, out, events=count, start_ms=first, summary=summary, catalog=catalog
-                )
-            except KeyboardInterrupt:
-                summary.interrupted = True
-        summary.ended = time.monotonic()
+        _to_file(
+            sim, output, rate=rate, total=total, start_ms=start_ms, catalog=catalog, summary=summary
+        )
+    _report(summary, to_stdout=output == "-")
+
+
+def _report(summary: Summary, *, to_stdout: bool) -> None:
+    """The JSON summary line (on stderr when the events went to stdout); exit 1 when some
+    were not delivered."""
     line = json.dumps(summary.as_dict())
-    if output == "-":
+    if to_stdout:
         console.print(line, highlight=False, soft_wrap=True)
     else:
         typer.echo(line)
     if summary.undelivered:
         raise typer.Exit(1)
+
+
+def _to_file(
+    sim: StreamSimulator,
+    output: str,
+    *,
+    rate: float,
+    total: int | None,
+    start_ms: int | None,
+    catalog: bool,
+    summary: Summary,
+) -> None:
+    """Write the stream as JSONL; without ``start_ms`` it ends now, spaced by ``rate``."""
+    count = DEFAULT_FILE_EVENTS if total is None else total
+    first = start_ms if start_ms is not None else int(time.time() * 1000 - count / rate * 1e3)
+    with ExitStack() as stack:
+        out = _open_output(output, stack)
+        try:
+            write_jsonl(sim, out, events=count, start_ms=first, summary=summary, catalog=catalog)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    summary.ended = time.monotonic()
 
 
 def _to_kafka(

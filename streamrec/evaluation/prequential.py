@@ -22,6 +22,7 @@ from features.stores.memory_store import InMemoryStore
 from serving.feed import FeedService
 from serving.funnel.context import FeedRequest
 from serving.funnel.funnel import Funnel
+from serving.funnel.settings import FunnelSettings
 from serving.metrics import FeedMetrics
 from serving.resources import Resources
 from streamrec.evaluation.ablation import Variant, ablation_variants
@@ -97,24 +98,25 @@ class _Window:
     slots: Counter[str] = field(default_factory=Counter)
 
 
+def replay_funnel_settings(funnel: FunnelSettings, options: EvalOptions) -> FunnelSettings:
+    """The funnel as a replay runs it: the run's seed and repeat policy, and no time budgets
+    (a source cut off on a busy machine would change the numbers, and a replay's numbers must
+    depend on the stream and the seed only)."""
+    unbounded = {
+        name: source.model_copy(update={"budget_ms": 10_000.0})
+        for name, source in funnel.sources.items()
+    }
+    return funnel.model_copy(
+        update={"exclude_seen": options.exclude_seen, "seed": options.seed, "sources": unbounded}
+    )
+
+
 class PrequentialRun:
     """One test-then-learn pass over a stream."""
 
     def __init__(self, settings: Settings, options: EvalOptions) -> None:
         self.options = options
-        # No time budgets: a source cut off on a busy machine would change the numbers, and
-        # a replay's numbers must depend on the stream and the seed only.
-        unbounded = {
-            name: source.model_copy(update={"budget_ms": 10_000.0})
-            for name, source in settings.funnel.sources.items()
-        }
-        funnel_settings = settings.funnel.model_copy(
-            update={
-                "exclude_seen": options.exclude_seen,
-                "seed": options.seed,
-                "sources": unbounded,
-            }
-        )
+        funnel_settings = replay_funnel_settings(settings.funnel, options)
         self._now_s = 0.0  # event time: the live reader's caches age by it, as they would live
         self.settings = settings.model_copy(update={"funnel": funnel_settings})
         self.bus = InProcessBus(partitions=1, topics=settings.topics)
