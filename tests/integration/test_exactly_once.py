@@ -69,8 +69,9 @@ class LiveTraffic(threading.Thread):
     """Produces a stream at a steady rate; each item record is acknowledged by Kafka before
     the events after it are sent (the item service creates an item, then users meet it).
 
-    The last tenth waits for ``release``: on a loaded machine, restarts can take longer than
-    the stream, and every kill must still land while events are arriving.
+    The last tenth waits for ``release``: on a loaded machine the restarts can take longer
+    than the stream, and the last kill must still come before the stream's end (the worker
+    then works through a backlog, as after any real crash).
     """
 
     def __init__(self, deployment: Deployment, events: Sequence[Event], per_s: float) -> None:
