@@ -87,16 +87,14 @@ class Covisitation:
         landmarks: Mapping[str, str],
         history: Mapping[str, Sequence[tuple[str, float]]],
         visits: Mapping[str, Sequence[Visit]],
-    ) -> dict[str, list[tuple[str, float]]]:
+    ) -> None:
         """Queue pair increments.
 
         ``history`` holds each user's ``history_size`` latest seen items (item, ts ms) as
-        they were before the batch, and ``visits`` each user's events in offset order. Returns
-        each user's latest items as the batch leaves them, in the same form.
+        they were before the batch, and ``visits`` each user's events in offset order.
         """
-        after: dict[str, list[tuple[str, float]]] = {}
         if not any(visits.values()):
-            return after
+            return
         times = [v.ts_ms / 1000.0 for vs in visits.values() for v in vs]
         landmark = batch_landmark(
             batch,
@@ -110,8 +108,7 @@ class Covisitation:
         # item -> neighbour -> amount, merged in plain dicts before touching the batch.
         pairs: dict[str, dict[str, float]] = {}
         for user, user_visits in visits.items():
-            recent: list[tuple[float, str]] = []
-            for item, neighbours, ts_ms in self._pairs(history.get(user, ()), user_visits, recent):
+            for item, neighbours, ts_ms in self._pairs(history.get(user, ()), user_visits):
                 amount = forward_weight(1.0, ts_ms / 1000.0, landmark, self.rate)
                 for neighbour in neighbours:
                     # Stored under the earlier item: neighbours(X) are what followed X.
@@ -120,21 +117,17 @@ class Covisitation:
                     if self.symmetric:
                         mine = pairs.setdefault(item, {})
                         mine[neighbour] = mine.get(neighbour, 0.0) + amount
-            after[user] = [(i, ts) for ts, i in recent]
         for item in sorted(pairs):
             key = self.keys.covisitation(item)
             batch.zincrby_many(key, pairs[item])
             batch.zkeeptop(key, self.max_neighbours)
-        return after
 
     def _pairs(
         self,
         history: Iterable[tuple[str, float]],
         visits: Sequence[Visit],
-        final: list[tuple[float, str]],
     ) -> Iterable[tuple[str, list[str], int]]:
-        """Each positive visit with the recent items it pairs with; ``final`` receives the
-        recent list the visits leave behind."""
+        """Each positive visit with the recent items it pairs with."""
         # The user's recent items as their seen-set will hold them, newest first, ordered as
         # Redis orders a sorted set read backwards: by time, then by id, both descending.
         recent: list[tuple[float, str]] = sorted(((ts, i) for i, ts in history), reverse=True)
@@ -146,7 +139,6 @@ class Covisitation:
                 if neighbours:
                     yield visit.item_id, neighbours, visit.ts_ms
             recent = self._remember(recent, visit)
-        final[:] = recent
 
     def _remember(self, recent: list[tuple[float, str]], visit: Visit) -> list[tuple[float, str]]:
         """The recent list after ``visit`` (a later time wins, as ZADD GT does)."""

@@ -19,15 +19,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from features.batch import HSet, WriteBatch
+from features.batch import WriteBatch
 from features.errors import StoreUnavailableError
 from streams.dedup import KnownIds
+from streams.planner import MessageAt, PartitionMarks, last_offsets
 from streams.processors import BatchReads, EventBatch
 from streams.runtime import StopRequested, Worker
 from streams.state_cache import StateCache
-from streams.transport import RawMessage, TopicPartition
-
-MessageAt = tuple[TopicPartition, int]
+from streams.transport import RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class _InflightFailed(Exception):
 class _Inflight:
     future: Future[None]
     messages: list[RawMessage]
-    last: dict[TopicPartition, int]
+    last: PartitionMarks
     events: EventBatch
     started: float
     #: Messages dead-lettered while planning: a synchronous redo must not send them again.
@@ -96,7 +95,7 @@ class PipelinedWorker(Worker):
         started = time.perf_counter()
         rejected: set[MessageAt] = set()
         try:
-            batch, last, events = self._plan(messages, stop, rejected)
+            planned = self._plan(messages, stop, rejected)
             self._finish(stop)
         except _InflightFailed:
             self.cache.clear()
@@ -112,6 +111,9 @@ class PipelinedWorker(Worker):
             self.cache.clear()
             self.apply_messages(messages, stop, rejected)
             return
+        if planned is None:
+            return
+        batch, last, events = planned
         future = self._committer.submit(self._commit, batch, len(events), len(messages))
         self._inflight = _Inflight(future, messages, last, events, started, rejected)
 
@@ -120,26 +122,33 @@ class PipelinedWorker(Worker):
         messages: list[RawMessage],
         stop: threading.Event,
         rejected: set[MessageAt],
-    ) -> tuple[WriteBatch, dict[TopicPartition, int], EventBatch]:
-        """Decode and compute a batch from the cache (reading the store only past the
-        barrier), and update the cache with what the batch will write."""
-        last: dict[TopicPartition, int] = {}
-        for msg in messages:
-            tp = (msg.topic, msg.partition)
-            last[tp] = max(msg.offset, last.get(tp, -1))
+    ) -> tuple[WriteBatch, PartitionMarks, EventBatch] | None:
+        """Screen and compute a batch from the cache (reading the store only past the
+        barrier), and let the cache absorb what the batch will write. None when the batch
+        is void: the store lost effects, and its partitions are consumed again."""
         cache = self.cache
-        if not all(tp in cache.offsets for tp in last):
+        if not all((m.topic, m.partition) in cache.offsets for m in messages):
             self._finish(stop)
-            stored_offsets, stored_marks = self._read_checkpoint(sorted({t for t, _ in last}))
-            for tp in last:
+            stored_offsets, stored_marks = self.read_checkpoint(self.checkpoint_topics(messages))
+            messages = self.reconcile(stored_offsets, messages)
+            if not messages:
+                return None
+            for tp in last_offsets(messages):
                 cache.offsets.setdefault(tp, stored_offsets.get(tp, -1))
                 if tp in stored_marks:
                     cache.watermarks.setdefault(tp, stored_marks[tp])
+        last = last_offsets(messages)
         applied = {tp: cache.offsets[tp] for tp in last if cache.offsets[tp] >= 0}
         watermarks = {tp: cache.watermarks[tp] for tp in last if tp in cache.watermarks}
-        known = self._known_while_planning()
-        events = self._fresh_events(messages, applied, watermarks, rejected, known)
-        self.dead_letter.flush()
+        events = self.planner.screen(
+            messages,
+            applied,
+            watermarks,
+            rejected=rejected,
+            known=self._known_while_planning(),
+            stored_watermarks=self._stored_watermarks,
+            now_ms=int(self.clock() * 1000),
+        )
         reads = BatchReads(
             events,
             self.store,
@@ -148,18 +157,11 @@ class PipelinedWorker(Worker):
             cache=cache,
             barrier=lambda: self._finish(stop),
         )
-        batch = self._compute(events, last, applied, watermarks, reads)
-        reads.remember_items()
-        for tp, offset in last.items():
-            cache.offsets[tp] = max(offset, cache.offsets[tp])
-        cache.watermarks.update(watermarks)
-        landmarks_key = self.keys.landmarks()
-        for op in batch:
-            if isinstance(op, HSet) and op.key == landmarks_key and cache.landmarks is not None:
-                cache.landmarks.update(op.fields)
+        batch = self.planner.compute(events, last, applied, watermarks, reads)
+        cache.absorb(batch, self.keys)
         return batch, last, events
 
-    def _stored_watermarks(self, topics: list[str]) -> dict[TopicPartition, int]:
+    def _stored_watermarks(self, topics: list[str]) -> PartitionMarks:
         """What the store has, under what this worker's commits in flight will write."""
         marks = super()._stored_watermarks(topics)
         marks.update({tp: m for tp, m in self.cache.watermarks.items() if tp[0] in topics})
@@ -170,7 +172,7 @@ class PipelinedWorker(Worker):
         batch must be caught before that commit lands. Unlike the synchronous path's, it
         does not wait out a store outage: that propagates to :meth:`_pipeline`, which then
         takes the synchronous path."""
-        stored = self.event_ids.stored_in(self.store)
+        stored = self.planner.event_ids.stored_in(self.store)
         inflight = self._inflight
 
         def known(partition: int, ids: list[str]) -> list[float | None]:
@@ -195,7 +197,4 @@ class PipelinedWorker(Worker):
             self.cache.clear()
             self.apply_messages(inflight.messages, stop, inflight.rejected)
             raise _InflightFailed from None
-        self.source.commit({tp: offset + 1 for tp, offset in inflight.last.items()})
-        self._account(inflight.events)
-        self.stats.batches += 1
-        self.stats.last_batch_ms = (time.perf_counter() - inflight.started) * 1000.0
+        self._landed(inflight.last, inflight.events, inflight.started)

@@ -60,11 +60,12 @@ class EventBatch:
 class BatchReads:
     """State the processors read, fetched lazily and at most once per batch.
 
-    With a :class:`StateCache`, reads it can answer cost nothing. A miss on a user's state or
-    an item lookup reads the store at once: the batch in flight wrote into the cache whatever
-    it wrote of those (its users' recent items and embedding states, its items' vectors and
-    categories; a catalog stub reads back like no record). Every other read first calls
-    ``barrier``, which waits for the commit in flight.
+    With a :class:`StateCache`, reads it can answer cost nothing, and what is read is kept in
+    it. A miss on a user's state or an item lookup reads the store at once: the cache absorbed
+    whatever the batch in flight writes of those (its users' recent items and embedding
+    states, its items' vectors and categories; a catalog stub reads back like no record),
+    unless it marked the key unknown. Every other read first calls ``barrier``, which waits
+    for the commit in flight.
     """
 
     def __init__(
@@ -178,46 +179,51 @@ class BatchReads:
         latest = {item.item_id: item for item in self.events.items}
         return {i: (e.category or "") if e.op == "upsert" else "" for i, e in latest.items()}
 
-    def remember_items(self) -> None:
-        """Record what the batch's item events write (whether or not anything read them)."""
-        if self.cache is None:
-            return
-        for item_id, vector in self.new_item_vectors.items():
-            self.cache.put_item("vector", item_id, vector)  # None: known to have none
-        for item_id, category in self._batch_categories().items():
-            self.cache.put_item("category", item_id, category)
-
     def recent(self, users: list[str], k: int) -> dict[str, list[tuple[str, float]]]:
         """Each user's ``k`` latest seen items (item, event time), newest first."""
+        keys = {user: self.keys.seen(user) for user in users}
+        cache = self.cache
         out: dict[str, list[tuple[str, float]]] = {}
-        missing = [u for u in users if self.cache is None or u not in self.cache.recent]
+        missing: list[str] = []
+        for user, key in keys.items():
+            entry = cache.recent.get(key) if cache is not None else None
+            if entry is not None and entry[0] >= k and not self._any_unknown([key]):
+                out[user] = entry[1][:k]
+            else:
+                missing.append(user)
         if missing:
-            keys = [self.keys.seen(u) for u in missing]
-            rows = self.read(lambda: self.store.top_many(keys, k), after_inflight=False)
-            out.update(zip(missing, rows, strict=True))
-        if self.cache is not None:
-            for user in users:
-                if user not in out:
-                    out[user] = self.cache.recent[user]
+            wanted = [keys[u] for u in missing]
+            rows = self.read(
+                lambda: self.store.top_many(wanted, k), after_inflight=self._any_unknown(wanted)
+            )
+            for user, key, row in zip(missing, wanted, rows, strict=True):
+                out[user] = row
+                if cache is not None:
+                    cache.put(cache.recent, key, (k, row))
+                    cache.unknown.discard(key)
         return out
-
-    def remember_recent(self, user: str, recent: list[tuple[str, float]]) -> None:
-        """Record a user's latest items as this batch leaves them."""
-        if self.cache is not None:
-            self.cache.put(self.cache.recent, user, recent)
 
     def states(self, keys: list[str]) -> list[bytes | None]:
         """Stored values (embedding states) of ``keys``."""
-        known = self.cache.states if self.cache is not None else {}
-        missing = [k for k in keys if k not in known]
-        values = self.read(lambda: self.store.get_bytes(missing), after_inflight=False)
-        fetched = dict(zip(missing, values, strict=True))
+        cache = self.cache
+        known = cache.states if cache is not None else {}
+        missing = [k for k in keys if k not in known or self._any_unknown([k])]
+        fetched: dict[str, bytes | None] = {}
+        if missing:
+            values = self.read(
+                lambda: self.store.get_bytes(missing), after_inflight=self._any_unknown(missing)
+            )
+            fetched = dict(zip(missing, values, strict=True))
+            if cache is not None:
+                for key, value in fetched.items():
+                    cache.put(cache.states, key, value)
+                    cache.unknown.discard(key)
         return [fetched[k] if k in fetched else known[k] for k in keys]
 
-    def remember_state(self, key: str, value: bytes | None) -> None:
-        """Record a value as this batch leaves it."""
-        if self.cache is not None:
-            self.cache.put(self.cache.states, key, value)
+    def _any_unknown(self, keys: list[str]) -> bool:
+        """Whether the commit in flight changes any of ``keys`` in a way the cache cannot
+        follow (they are then read once it has landed)."""
+        return self.cache is not None and not self.cache.unknown.isdisjoint(keys)
 
 
 class Processor(Protocol):
@@ -337,9 +343,7 @@ class CovisitationProcessor:
         if not visits:
             return
         history = reads.recent(list(visits), self.covisitation.history_size)
-        after = self.covisitation.add(batch, reads.landmarks, history, visits)
-        for user, recent in after.items():
-            reads.remember_recent(user, recent)
+        self.covisitation.add(batch, reads.landmarks, history, visits)
 
 
 class EmbeddingProcessor:
@@ -392,11 +396,7 @@ class EmbeddingProcessor:
                 state = EmbeddingState.from_bytes(raw, self.dim) if raw is not None else None
                 updated = self._fold(state, evs, vectors, half_life, gap)
                 if updated is not None and updated is not state:
-                    value = updated.to_bytes()
-                    batch.set_bytes(key, value, ttl_s=ttl)
-                    reads.remember_state(key, value)
-                else:
-                    reads.remember_state(key, raw)
+                    batch.set_bytes(key, updated.to_bytes(), ttl_s=ttl)
 
     def _fold(
         self,

@@ -25,64 +25,41 @@ import os
 import socket
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 
 from features.batch import WriteBatch
-from features.errors import (
-    ConflictError,
-    InvalidEventError,
-    StoreUnavailableError,
-)
+from features.errors import ConflictError, StoreUnavailableError
 from features.keys import Keys
 from features.store import Store
 from streams.batch_limit import BatchLimit
 from streams.catalog_gate import CatalogGate
 from streams.dead_letter import DeadLetterPolicy
-from streams.dedup import Candidate, EventIdFilter, KnownIds
+from streams.dedup import KnownIds
+from streams.planner import (
+    BatchPlanner,
+    MessageAt,
+    PartitionMarks,
+    last_offsets,
+    read_checkpoint,
+)
 from streams.processors import BatchReads, EventBatch, Processor
 from streams.recovery import RecoveringSource, Rewindable
-from streams.schema import EventValidator, Impression, Interaction, Item
+from streams.schema import EventValidator
 from streams.settings import TopicSettings, WorkerSettings
-from streams.transport import MessageSource, RawMessage, TopicPartition
+from streams.transport import MessageSource, RawMessage
+from streams.worker_stats import WorkerStats, percentiles
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-#: Longest event time a partition's feeds wait for its clicks to catch up (see
-#: :meth:`Worker._feedback_clocks`); within the records' lifetime (streams/feedback.py).
-CLICKS_IDLE_MAX_MS = 3_600_000
-
-
 class StopRequested(Exception):
     """The worker was told to stop while waiting for the store."""
-
-
-@dataclass
-class WorkerStats:
-    """Counters a worker reports in its heartbeat."""
-
-    applied: int = 0
-    skipped_duplicates: int = 0
-    #: Interactions dead-lettered because their event id was applied before (re-sends).
-    resent: int = 0
-    conflicts: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    last_batch_ms: float = 0.0
-    started_at: float = field(default_factory=time.time)
-    #: Applied events by kind: interaction types, "item", "impression" (for events/s by type).
-    by_type: Counter[str] = field(default_factory=Counter)
-    #: Event time to applied, in ms, of recent events (sampled; cleared by each heartbeat).
-    freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
-    #: Messages behind per "topic/partition", as of the last heartbeat.
-    lag: dict[str, int] = field(default_factory=dict)
 
 
 class Backoff:
@@ -109,7 +86,8 @@ class Backoff:
 
 
 class Worker:
-    """Applies event batches from a message source to the store through the processors."""
+    """Applies event batches from a message source to the store: the synchronous driver of
+    the :class:`BatchPlanner` (read the checkpoint, screen, compute, commit, in turn)."""
 
     def __init__(
         self,
@@ -128,7 +106,6 @@ class Worker:
     ) -> None:
         self.store = store
         self.keys = keys
-        self.processors = list(processors)
         self.validator = validator
         self.dead_letter = dead_letter
         self.topics = topics
@@ -136,12 +113,15 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock or time.time
         self.stats = WorkerStats()
-        self._kinds: dict[str, type[Any]] = {
-            topics.interactions: Interaction,
-            topics.items: Item,
-            topics.impressions: Impression,
-        }
-        self.event_ids = EventIdFilter(keys, topics.interactions, settings.dedup_window_ms)
+        self.planner = BatchPlanner(
+            keys=keys,
+            processors=processors,
+            validator=validator,
+            dead_letter=dead_letter,
+            topics=topics,
+            settings=settings,
+            stats=self.stats,
+        )
         # 0 (the in-process runtimes): always batch_size, so a replay cuts the same batches.
         self.batch_limit = BatchLimit(settings.batch_size, commit_target_ms)
         self._last_heartbeat = 0.0
@@ -161,8 +141,8 @@ class Worker:
             )
             self.recovery = RecoveringSource(
                 source,
-                read_offsets=lambda topics: self._read_checkpoint(topics)[0],
-                inputs=sorted(self._kinds),
+                read_offsets=lambda topics: self.read_checkpoint(topics)[0],
+                inputs=self.planner.inputs,
                 items_topic=topics.items,
                 check_every_s=settings.heartbeat_s,
             )
@@ -192,7 +172,7 @@ class Worker:
         self,
         messages: list[RawMessage],
         stop: threading.Event | None = None,
-        rejected: set[tuple[TopicPartition, int]] | None = None,
+        rejected: set[MessageAt] | None = None,
     ) -> int:
         """Apply one batch (also the entry point for push-based runtimes); return events
         applied. ``rejected`` holds messages already dead-lettered by an earlier attempt."""
@@ -201,34 +181,50 @@ class Worker:
         except StopRequested:
             return 0  # nothing was committed; the batch is consumed again after restart
 
+    def read_checkpoint(self, topics: Sequence[str]) -> tuple[PartitionMarks, PartitionMarks]:
+        """Last applied offset and event-time watermark of each partition, as stored."""
+        return read_checkpoint(self.store, self.keys, topics)
+
+    def reconcile(self, applied: PartitionMarks, messages: list[RawMessage]) -> list[RawMessage]:
+        """Given the whole checkpoint just read, rewind what the store lost (with recovery
+        on) and return the messages still to apply."""
+        if self.recovery is None:
+            return messages
+        return self.recovery.reconcile(applied, messages)
+
+    def checkpoint_topics(self, messages: Sequence[RawMessage]) -> list[str]:
+        """Whose checkpoint a batch reads: with recovery on, every input's (a loss shows on
+        any partition), else the batch's own topics'."""
+        return self.planner.inputs if self.recovery else sorted({m.topic for m in messages})
+
     def _apply(
         self,
         messages: list[RawMessage],
         stop: threading.Event | None,
-        rejected: set[tuple[TopicPartition, int]],
+        rejected: set[MessageAt],
     ) -> int:
         started = time.perf_counter()
         polled = len(messages)
         while True:
-            # With recovery on, the whole checkpoint: a loss shows on any partition.
-            topics = self.recovery.inputs if self.recovery else sorted({m.topic for m in messages})
-            applied_offsets, watermarks = self._with_store(
-                partial(self._read_checkpoint, topics), stop
+            applied, watermarks = self._with_store(
+                partial(self.read_checkpoint, self.checkpoint_topics(messages)), stop
             )
-            if self.recovery is not None:
-                messages = self.recovery.reconcile(applied_offsets, messages)
-                if not messages:
-                    return 0  # all of it is consumed again, after what the store still has
-            last: dict[TopicPartition, int] = {}
-            for msg in messages:
-                tp = (msg.topic, msg.partition)
-                last[tp] = max(msg.offset, last.get(tp, -1))
-            known = self._known_ids(stop)
-            events = self._fresh_events(messages, applied_offsets, watermarks, rejected, known)
-            self.dead_letter.flush()
+            messages = self.reconcile(applied, messages)
+            if not messages:
+                return 0  # all of it is consumed again, after what the store still has
+            last = last_offsets(messages)
+            events = self.planner.screen(
+                messages,
+                applied,
+                watermarks,
+                rejected=rejected,
+                known=self._known_ids(stop),
+                stored_watermarks=self._stored_watermarks,
+                now_ms=int(self.clock() * 1000),
+            )
             try:
                 commit = partial(
-                    self._compute_and_commit, events, last, applied_offsets, watermarks, polled
+                    self._compute_and_commit, events, last, applied, watermarks, polled
                 )
                 self._with_store(commit, stop)
                 break
@@ -242,17 +238,28 @@ class Worker:
                 # stored checkpoint, so nothing is applied twice.
                 self.stats.conflicts += 1
                 log.info("batch conflicted (%s); recomputing from the stored checkpoint", exc)
-        self.source.commit({tp: offset + 1 for tp, offset in last.items()})
-        self._account(events)
-        self.stats.batches += 1
-        self.stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
+        self._landed(last, events, started)
         return len(events)
+
+    def _landed(self, last: PartitionMarks, events: EventBatch, started: float) -> None:
+        """A batch is in the store: commit its consumer offsets and count it."""
+        self.source.commit({tp: offset + 1 for tp, offset in last.items()})
+        stats = self.stats
+        stats.applied += len(events)
+        stats.by_type.update(e.type for e in events.interactions)
+        stats.by_type["item"] += len(events.items)
+        stats.by_type["impression"] += len(events.impressions)
+        now_ms = time.time() * 1000.0
+        # Every 8th interaction is plenty for percentiles and keeps big batches cheap.
+        stats.freshness_ms.extend(now_ms - e.ts for e in events.interactions[::8])
+        stats.batches += 1
+        stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
 
     def _isolate(
         self,
         messages: list[RawMessage],
         stop: threading.Event | None,
-        rejected: set[tuple[TopicPartition, int]],
+        rejected: set[MessageAt],
         exc: Exception,
     ) -> int:
         """Apply ``messages`` in halves (each partition stays in order) until the message
@@ -262,8 +269,14 @@ class Worker:
             raise exc  # not an event's doing
         if len(fresh) == 1:
             for msg in fresh:
-                log.error("message %s/%d@%d cannot be applied: %r", *_at(msg), exc)
-                self._reject(msg, f"cannot be applied: {type(exc).__name__}: {exc}")
+                log.error(
+                    "message %s/%d@%d cannot be applied: %r",
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    exc,
+                )
+                self.planner.reject(msg, f"cannot be applied: {type(exc).__name__}: {exc}")
                 rejected.add(((msg.topic, msg.partition), msg.offset))
             self.dead_letter.flush()
             return self._apply(messages, stop, rejected)  # commits the offsets past it
@@ -274,99 +287,23 @@ class Worker:
 
     def _known_ids(self, stop: threading.Event | None) -> KnownIds:
         """Which ids a partition applied, as stored (waiting out a store outage)."""
-        stored = self.event_ids.stored_in(self.store)
+        stored = self.planner.event_ids.stored_in(self.store)
         return lambda partition, ids: self._with_store(partial(stored, partition, ids), stop)
 
-    def _fresh_events(
-        self,
-        messages: list[RawMessage],
-        applied_offsets: dict[TopicPartition, int],
-        watermarks: dict[TopicPartition, int],
-        rejected: set[tuple[TopicPartition, int]],
-        known: KnownIds,
-    ) -> EventBatch:
-        """Decode the messages the store has not applied; reject each bad one, and each
-        re-sent event id (``known`` tells which ids a partition applied), only once."""
-        events = EventBatch()
-        interactions: list[tuple[RawMessage, Interaction, int]] = []
-        # Sent once the store has answered which ids are known: a read that fails leaves
-        # nothing half dead-lettered (the pipelined worker then redoes the whole batch).
-        rejects: list[tuple[RawMessage, str]] = []
-        now_ms = int(self.clock() * 1000)
-        for msg in messages:
-            tp = (msg.topic, msg.partition)
-            if msg.offset <= applied_offsets.get(tp, -1):
-                self.stats.skipped_duplicates += 1
-                continue
-            if (tp, msg.offset) in rejected:
-                continue
-            reason = self._decode_into(events, msg, now_ms, watermarks, interactions)
-            if reason is not None:
-                rejects.append((msg, reason))
-        if self.event_ids.enabled:
-            candidates = [
-                Candidate(msg.partition, e.event_id, e.ts, mark) for msg, e, mark in interactions
-            ]
-            repeats = self.event_ids.duplicates(candidates, known)
-        else:  # dedup off: no per-event work on the hot path
-            repeats = [False] * len(interactions)
-        for (msg, event, _), repeated in zip(interactions, repeats, strict=True):
-            if repeated:
-                reason = (
-                    f"duplicate event_id {event.event_id!r}: partition {msg.partition} "
-                    "already applied it - at `$.event_id`"
-                )
-                rejects.append((msg, reason))
-                self.stats.resent += 1
-                continue
-            events.interactions.append(event)
-            events.event_ids.setdefault(msg.partition, {})[event.event_id] = event.ts
-        for msg, reason in rejects:
-            self._reject(msg, reason)
-            rejected.add(((msg.topic, msg.partition), msg.offset))
-        events.impression_clocks = self._feedback_clocks(messages, watermarks)
-        return events
-
-    def _feedback_clocks(
-        self, messages: list[RawMessage], watermarks: dict[TopicPartition, int]
-    ) -> dict[int, int]:
-        """The event time up to which each partition's served feeds may close: the lower of
-        its impressions' and its clicks' (a user's feeds and clicks share a partition
-        number). A feed thus closes only once the clicks of its window are applied, however
-        the two topics' backlogs interleave after a restart."""
-        imp, clicks = self.topics.impressions, self.topics.interactions
-        partitions = sorted({m.partition for m in messages if m.topic in (imp, clicks)})
-        if not partitions:
-            return {}
-        marks = dict(watermarks)
-        if any((t, p) not in marks for p in partitions for t in (imp, clicks)):
-            for (t, p), mark in self._stored_watermarks([imp, clicks]).items():
-                marks.setdefault((t, p), mark)
-        # A clicks partition that stays idle (its users browse without a single interaction)
-        # holds its feeds back no longer than this, or their records would expire unlearned.
-        idle_ms = min(self.settings.allowed_lateness_ms, CLICKS_IDLE_MAX_MS)
-        out: dict[int, int] = {}
-        for p in partitions:
-            shown, clicked = marks.get((imp, p)), marks.get((clicks, p))
-            if shown is not None:
-                # No click on the partition yet: nothing to wait for.
-                out[p] = shown if clicked is None else max(min(shown, clicked), shown - idle_ms)
-        return out
-
-    def _stored_watermarks(self, topics: list[str]) -> dict[TopicPartition, int]:
+    def _stored_watermarks(self, topics: list[str]) -> PartitionMarks:
         """Event-time watermarks as the store has them (the pipelined worker adds its own)."""
-        return self._read_checkpoint(topics)[1]
+        return self.read_checkpoint(topics)[1]
 
     def _compute_and_commit(
         self,
         events: EventBatch,
-        last: dict[TopicPartition, int],
-        applied: dict[TopicPartition, int],
-        watermarks: dict[TopicPartition, int],
+        last: PartitionMarks,
+        applied: PartitionMarks,
+        watermarks: PartitionMarks,
         polled: int,
     ) -> None:
         reads = BatchReads(events, self.store, self.keys, self.validator.embedding_dim)
-        batch = self._compute(events, last, applied, watermarks, reads)
+        batch = self.planner.compute(events, last, applied, watermarks, reads)
         self._commit(batch, len(events), polled)
 
     def _commit(self, batch: WriteBatch, events: int, polled: int) -> None:
@@ -376,100 +313,10 @@ class Worker:
         elapsed_ms = (time.perf_counter() - started) * 1e3
         self.batch_limit.observe(events=events, commit_ms=elapsed_ms, polled=polled)
 
-    def _compute(
-        self,
-        events: EventBatch,
-        last: dict[TopicPartition, int],
-        applied: dict[TopicPartition, int],
-        watermarks: dict[TopicPartition, int],
-        reads: BatchReads,
-    ) -> WriteBatch:
-        """The batch's writes: every processor's, then the guarded checkpoint."""
-        batch = WriteBatch()
-        for processor in self.processors:
-            processor.apply(events, reads, batch)
-        interactions = self.topics.interactions
-        self.event_ids.record(
-            batch,
-            events.event_ids,
-            {p: mark for (t, p), mark in watermarks.items() if t == interactions},
-        )
-        for (topic, partition), offset in last.items():
-            key, field = self.keys.applied_offsets(topic), str(partition)
-            stored = applied.get((topic, partition))
-            # The offsets must still be what this batch was filtered against: that makes the
-            # commit idempotent (a retry after a lost reply conflicts instead of re-applying).
-            batch.guard(key, field, None if stored is None else str(stored))
-            # Never below the stored offset: a replayed batch of pure duplicates must not move
-            # the table back, or the messages after it would be applied a second time.
-            high = max(offset, -1 if stored is None else stored)
-            batch.hset(key, {field: str(high)})
-            if (topic, partition) in watermarks:
-                mark = str(watermarks[(topic, partition)])
-                batch.hset(self.keys.watermarks(topic), {str(partition): mark})
-        return batch
-
-    def _decode_into(
-        self,
-        events: EventBatch,
-        msg: RawMessage,
-        now_ms: int,
-        watermarks: dict[TopicPartition, int],
-        interactions: list[tuple[RawMessage, Interaction, int]],
-    ) -> str | None:
-        """Append the message's event to ``events`` (an interaction to ``interactions``, with
-        its partition's event time, to be screened for re-sends); return why it is rejected
-        instead."""
-        kind = self._kinds.get(msg.topic)
-        if kind is None:
-            return f"no processor for topic {msg.topic!r}"
-        try:
-            event = self.validator.decode(kind, msg.value, now_ms=now_ms)
-        except InvalidEventError as exc:
-            return str(exc)
-        except Exception as exc:  # noqa: BLE001 - no message may stop the worker
-            return f"undecodable: {type(exc).__name__}: {exc}"
-        if kind is not Item:
-            tp = (msg.topic, msg.partition)
-            mark = watermarks.get(tp)
-            lateness = self.settings.allowed_lateness_ms
-            if mark is not None and event.ts < mark - lateness:
-                return (
-                    f"ts {event.ts} is {mark - event.ts} ms behind the partition's event time"
-                    f" (allowed lateness {lateness} ms) - at `$.ts`"
-                )
-            watermarks[tp] = event.ts if mark is None else max(mark, event.ts)
-            if kind is Interaction:
-                interactions.append((msg, event, watermarks[tp]))
-            else:
-                events.impressions.append((msg.partition, event))
-        else:
-            events.items.append(event)
-        return None
-
-    def _reject(self, msg: RawMessage, reason: str) -> None:
-        self.dead_letter.reject(msg, reason)
-        self.stats.dead_lettered += 1
-
     def _stored_items(self) -> dict[int, int]:
         """Last applied offset of each items partition, as stored."""
-        offsets = self._read_checkpoint([self.topics.items])[0]
+        offsets = self.read_checkpoint([self.topics.items])[0]
         return {partition: offset for (_, partition), offset in offsets.items()}
-
-    def _read_checkpoint(
-        self, topics: list[str]
-    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        """Last applied offset and event-time watermark of each partition, as stored."""
-        keys = [k for t in topics for k in (self.keys.applied_offsets(t), self.keys.watermarks(t))]
-        tables = self.store.hgetall_many(keys)
-        offsets: dict[TopicPartition, int] = {}
-        watermarks: dict[TopicPartition, int] = {}
-        for n, topic in enumerate(topics):
-            for partition, offset in tables[2 * n].items():
-                offsets[(topic, int(partition))] = int(offset)
-            for partition, mark in tables[2 * n + 1].items():
-                watermarks[(topic, int(partition))] = int(mark)
-        return offsets, watermarks
 
     def _with_store(self, fn: Callable[[], T], stop: threading.Event | None) -> T:
         """Call ``fn()``, waiting out a store outage with backoff; StopRequested if told to."""
@@ -491,17 +338,6 @@ class Worker:
                 if self.recovery is not None:
                     self.recovery.recheck()  # did it come back with everything?
             return result
-
-    def _account(self, events: EventBatch) -> None:
-        """Count a committed batch's events by kind and sample how fresh they were."""
-        stats = self.stats
-        stats.applied += len(events)
-        stats.by_type.update(e.type for e in events.interactions)
-        stats.by_type["item"] += len(events.items)
-        stats.by_type["impression"] += len(events.impressions)
-        now_ms = time.time() * 1000.0
-        # Every 8th interaction is plenty for percentiles and keeps big batches cheap.
-        stats.freshness_ms.extend(now_ms - e.ts for e in events.interactions[::8])
 
     def _maybe_heartbeat(self) -> None:
         now = self.clock()
@@ -526,7 +362,7 @@ class Worker:
             "rewinds": self.recovery.rewinds if self.recovery is not None else 0,
             "catalog_wait": asdict(self.gate.stats) if self.gate is not None else None,
             "by_type": dict(self.stats.by_type),
-            "freshness_ms": _percentiles(self.stats.freshness_ms),
+            "freshness_ms": percentiles(self.stats.freshness_ms),
         }
         self.stats.freshness_ms.clear()
         batch = WriteBatch()
@@ -535,19 +371,3 @@ class Worker:
             self.store.commit(batch)
         except StoreUnavailableError:
             pass  # the outage is already logged by the batch path; /health sees it directly
-
-
-def _at(msg: RawMessage) -> tuple[str, int, int]:
-    return msg.topic, msg.partition, msg.offset
-
-
-def _percentiles(values: deque[float]) -> dict[str, float | None]:
-    """p50 and p99 (nearest rank) of recent freshness samples; None when there are none."""
-    if not values:
-        return {"p50": None, "p99": None}
-    ordered = sorted(values)
-    n = len(ordered)
-    return {
-        "p50": round(ordered[(n - 1) // 2], 3),
-        "p99": round(ordered[min(n - 1, -(-99 * n // 100) - 1)], 3),
-    }
