@@ -71,14 +71,16 @@ class Funnel:
         self.live = live
         self.settings = settings
         self.learning = learning
-        unknown = sorted(set(settings.sources) - set(SOURCES))
-        if unknown:
-            raise ValueError(f"unknown candidate sources in funnel.sources: {unknown}")
+        for field_name, names in (("sources", settings.sources), ("fallback", settings.fallback)):
+            unknown = sorted(set(names) - set(SOURCES))
+            if unknown:
+                raise ValueError(f"unknown candidate sources in funnel.{field_name}: {unknown}")
         self.sources: dict[str, CandidateSource] = {
             name: SOURCES[name](live, settings)
             for name, cfg in settings.sources.items()
             if cfg.enabled
         }
+        self.fallback = [SOURCES[name](live, settings) for name in settings.fallback]
         self.similar = SimilarItemSource(live, settings)
         self.scorer = Scorer(live, list(self.sources), learning.ranker_min_examples)
         self.slates = SlateBuilder(
@@ -161,6 +163,8 @@ class Funnel:
             candidates = f.apply(ctx, candidates)
         pinned = self._pinned(ctx, pinned_ids, state.seen, state.negative)
         ctx.counts = state.counts
+        if len(candidates) < request.k:
+            candidates = self._backfilled(ctx, candidates, by_source)
         watch.lap("filtering")
 
         prior = self.live.bandit.prior
@@ -230,6 +234,34 @@ class Funnel:
             return []
         ctx.trace.sources[name] = {"candidates": len(ranked)}
         return ranked
+
+    def _backfilled(
+        self, ctx: FeedContext, candidates: list[Candidate], by_source: dict[str, Ranked]
+    ) -> list[Candidate]:
+        """``candidates`` and, in turn, each fallback source's deeper list through the same
+        filters, until the feed can be filled. A fallback runs in the request's thread: it
+        is the last resort, with nothing left to wait for."""
+        request = ctx.request
+        retrieved = {i for ranked in by_source.values() for i, _ in ranked}
+        for source in self.fallback:
+            name = source.name
+            ranked = self._guarded(
+                ctx, f"fallback:{name}", partial(source.candidates, ctx, self.settings.fallback_k)
+            )
+            added = self._candidates({name: [(i, s) for i, s in ranked if i not in retrieved]})
+            retrieved.update(i for i, _ in ranked)
+            for f in pre_filters():
+                added = f.apply(ctx, added)
+            state = self.live.candidate_state(
+                request.user_id, [c.item_id for c in added], request.now_s
+            )
+            for f in post_filters(self.settings, state.seen, state.negative):
+                added = f.apply(ctx, added)
+            ctx.counts.update(state.counts)
+            candidates = [*candidates, *added]
+            if len(candidates) >= request.k:
+                break
+        return candidates
 
     def _candidates(self, by_source: dict[str, Ranked]) -> list[Candidate]:
         """One candidate per item, remembering every source that proposed it."""

@@ -70,6 +70,12 @@ class FunnelSettings(BaseModel):
 
     # Candidate sources by registry name (see serving/funnel/sources.py).
     sources: dict[str, SourceSettings] = Field(default_factory=_default_sources)
+    # Sources that backfill a feed the filters leave short of candidates (a cold store, sources
+    # out of time, a user who has seen the top of every list), by registry name, tried in
+    # turn until the feed can be filled.
+    fallback: list[str] = Field(default_factory=lambda: ["popular"])
+    # How deep a fallback source reads.
+    fallback_k: int = Field(200, ge=1, le=10_000)
     # Latest items of the user read for co-visitation and category interests.
     recent_items: int = Field(10, ge=1, le=1000)
     # Categories of the user's recent items that the trending source also reads.

@@ -400,6 +400,35 @@ def test_a_new_source_is_a_class_plus_a_config_entry(
     assert result.feature_names == feature_names(["echo"])
 
 
+def test_a_feed_the_filters_leave_short_is_backfilled_by_the_fallback_sources() -> None:
+    items = [item(f"p{n}", category="news") for n in range(12)]
+    # Everyone views p0..p11 (p0 most); the user has seen the top three.
+    crowd = [act(f"x{n}", f"p{i}", 300) for n in range(3) for i in range(12 - n * 4)]
+    world = World(items, [*crowd, *(act("u", f"p{i}", 200, "view") for i in range(3))])
+    request = FeedRequest("u", 6, NOW_S, "r1")
+    primary = {"trending": SourceSettings(k=4), "popular": SourceSettings(enabled=False)}
+    short = serve(world, FunnelSettings(sources=primary, fallback=[]), request)
+    assert len(short.slots) == 1  # trending's top four, less the three seen
+    filled = serve(world, FunnelSettings(sources=primary, exploration_slots=[]), request)
+    assert len(filled.slots) == 6
+    assert not {s.candidate.item_id for s in filled.slots} & {"p0", "p1", "p2"}
+    assert filled.trace.sources["fallback:popular"]["candidates"] == 12
+    assert {s.source for s in filled.slots} <= {"trending", "popular"}
+
+
+def test_no_fallback_runs_while_the_sources_fill_the_feed() -> None:
+    items = [item(f"p{n}", category="news") for n in range(12)]
+    world = World(items, [act(f"x{n}", f"p{n}", 300) for n in range(12)])
+    settings = FunnelSettings(sources={"trending": SourceSettings(k=12)})
+    result = serve(world, settings, FeedRequest("u", 6, NOW_S, "r1"))
+    assert "fallback:popular" not in result.trace.sources
+
+
+def test_the_funnel_refuses_an_unknown_fallback_source_by_name() -> None:
+    with pytest.raises(ValueError, match="funnel.fallback"):
+        Funnel(World().live, FunnelSettings(fallback=["nope_source"]), LEARNING)
+
+
 def test_the_funnel_refuses_an_unknown_source_by_name() -> None:
     settings = FunnelSettings(
         sources={"trending": SourceSettings(), "nope_source": SourceSettings()}
