@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from functools import partial
 
 import numpy as np
 
-from features.bandit import blend_weights, propensity_method
+from features.bandit import Posterior, blend_weights, propensity_method
 from features.errors import StoreUnavailableError
 from features.landmarks import Ranked
 from features.settings import LearningSettings
@@ -163,8 +163,6 @@ class Funnel:
             candidates = f.apply(ctx, candidates)
         pinned = self._pinned(ctx, pinned_ids, state.seen, state.negative)
         ctx.counts = state.counts
-        if len(candidates) < request.k:
-            candidates = self._backfilled(ctx, candidates, by_source)
         watch.lap("filtering")
 
         prior = self.live.bandit.prior
@@ -175,6 +173,9 @@ class Funnel:
 
         slots = self.slates.build(ctx, candidates, request.k, posteriors, prior, pinned)
         watch.lap("ordering")
+        if len(slots) < request.k and self.fallback:
+            slots = self._backfilled(ctx, slots, by_source, posteriors, pinned)
+            watch.lap("fallback")
         trace.stages_ms["total"] = sum(trace.stages_ms.values())
         return FeedResult(
             request,
@@ -236,11 +237,17 @@ class Funnel:
         return ranked
 
     def _backfilled(
-        self, ctx: FeedContext, candidates: list[Candidate], by_source: dict[str, Ranked]
-    ) -> list[Candidate]:
-        """``candidates`` and, in turn, each fallback source's deeper list through the same
-        filters, until the feed can be filled. A fallback runs in the request's thread: it
-        is the last resort, with nothing left to wait for."""
+        self,
+        ctx: FeedContext,
+        slots: list[Slot],
+        by_source: dict[str, Ranked],
+        posteriors: Mapping[str, Posterior],
+        pinned: Mapping[str, Candidate],
+    ) -> list[Slot]:
+        """A slate the candidates ran out for, continued from each fallback source's deeper
+        list in turn (through the same filters and caps) until it is full. What the sources
+        found keeps its slots: a fallback only fills what would stay empty. It runs in the
+        request's thread, as the last resort with nothing left to wait for."""
         request = ctx.request
         retrieved = {i for ranked in by_source.values() for i, _ in ranked}
         for source in self.fallback:
@@ -252,16 +259,17 @@ class Funnel:
             retrieved.update(i for i, _ in ranked)
             for f in pre_filters():
                 added = f.apply(ctx, added)
-            state = self.live.candidate_state(
-                request.user_id, [c.item_id for c in added], request.now_s
-            )
+            ids = [c.item_id for c in added]
+            state = self.live.candidate_state(request.user_id, ids, request.now_s)
             for f in post_filters(self.settings, state.seen, state.negative):
                 added = f.apply(ctx, added)
             ctx.counts.update(state.counts)
-            candidates = [*candidates, *added]
-            if len(candidates) >= request.k:
+            self.scorer.score(ctx, added)
+            prior = self.live.bandit.prior
+            slots = self.slates.build(ctx, added, request.k, posteriors, prior, pinned, slots)
+            if len(slots) >= request.k:
                 break
-        return candidates
+        return slots
 
     def _candidates(self, by_source: dict[str, Ranked]) -> list[Candidate]:
         """One candidate per item, remembering every source that proposed it."""

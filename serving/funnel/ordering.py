@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,11 +126,19 @@ class SlateBuilder:
         posteriors: Mapping[str, Posterior],
         prior: Posterior,
         pinned: Mapping[str, Candidate] | None = None,
+        placed: Sequence[Slot] = (),
     ) -> list[Slot]:
-        """The slate; ``pinned`` holds the pinned items that passed the filters."""
+        """The slate; ``pinned`` holds the pinned items that passed the filters. With
+        ``placed`` (a slate the candidates ran out for), the slate goes on after its slots,
+        within the same caps."""
         pinned = pinned or {}
+        at = _Placement()
+        for kept in placed:
+            c = kept.candidate
+            at.add(kept, {c.item_id: c.vector} if c.vector is not None else {})
         # A pinned item shows at its position only, never earlier through a source.
-        candidates = [c for c in candidates if c.item_id not in pinned]
+        taken = at.placed | set(pinned)
+        candidates = [c for c in candidates if c.item_id not in taken]
         value = {c.item_id: self._value(c, ctx.request.now_s) for c in candidates}
         ordered = sorted(candidates, key=lambda c: (-value[c.item_id], c.item_id))
         by_source: dict[str, list[Candidate]] = {}
@@ -140,8 +148,7 @@ class SlateBuilder:
         vectors = {c.item_id: c.vector for c in candidates if c.vector is not None}
         draw = _Draw(ordered, by_source, dict.fromkeys(by_source, 0), value, vectors)
         young = self._young(ctx, candidates)
-        at = _Placement()
-        slots: list[Slot] = []
+        slots: list[Slot] = list(placed)
         explore = self.settings.explore_share if self.settings.learn_mix else 0.0
         while len(slots) < k:
             slot = self._fixed(len(slots), young, at, pinned)

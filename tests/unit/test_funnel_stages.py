@@ -411,6 +411,9 @@ def test_a_feed_the_filters_leave_short_is_backfilled_by_the_fallback_sources() 
     assert len(short.slots) == 1  # trending's top four, less the three seen
     filled = serve(world, FunnelSettings(sources=primary, exploration_slots=[]), request)
     assert len(filled.slots) == 6
+    (found,) = short.slots
+    assert filled.slots[0].candidate.item_id == found.candidate.item_id == "p3"
+    assert filled.slots[0].source == found.source == "trending"  # it keeps its slot
     assert not {s.candidate.item_id for s in filled.slots} & {"p0", "p1", "p2"}
     assert filled.trace.sources["fallback:popular"]["candidates"] == 12
     assert {s.source for s in filled.slots} <= {"trending", "popular"}
