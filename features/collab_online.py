@@ -23,7 +23,7 @@ follow the top eigenspace that a cold start needs several for. Small problems us
 dense eigendecomposition. Random starts are seeded and item ids sorted: the same rows give the
 same bytes every run.
 
-Pure maths, no I/O: :class:`streams.embedding_refresh.EmbeddingRefresher` reads the rows and
+Pure maths, no I/O: :class:`streams.worker.embedding_refresh.EmbeddingRefresher` reads the rows and
 publishes the vectors.
 """
 

@@ -39,8 +39,7 @@ class Covisitation:
         >>> from features.stores.memory_store import InMemoryStore
         >>> covis, store, batch = Covisitation(Keys("t")), InMemoryStore(), WriteBatch()
         >>> visits = [Visit("a", 1_000, True), Visit("b", 2_000, True), Visit("c", 3_000, True)]
-        >>> covis.add(batch, {}, {"u": []}, {"u": visits})["u"][0]
-        ('c', 3000.0)
+        >>> covis.add(batch, {}, {"u": []}, {"u": visits})
         >>> store.commit(batch)
         >>> [[item for item, _ in row] for row in covis.neighbours_many(store, ["a"], 5, 3.0)]
         [['c', 'b']]

@@ -14,8 +14,8 @@ from features.errors import StreamrecError
 from serving.funnel.context import FeedRequest
 from serving.funnel.funnel import POLICY, FeedResult, Funnel
 from serving.metrics import FeedMetrics
+from streams.io.transport import EventSink
 from streams.schema import Impression, ImpressionSlot
-from streams.transport import EventSink
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
 from serving.funnel.live import LiveReader
 from serving.funnel.settings import FunnelSettings
-from streams.replica import IndexReplica
+from streams.io.replica import IndexReplica
+from streams.io.transport import EventSink
 from streams.schema import EventValidator
-from streams.transport import EventSink
 
 #: Answers (ok, detail) about the event transport without raising.
 TransportProbe = Callable[[], tuple[bool, str]]

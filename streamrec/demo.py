@@ -29,11 +29,11 @@ from serving.funnel.context import FeedRequest
 from serving.funnel.funnel import FeedResult
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, embedded_resources
-from streams.bus import InProcessBus
-from streams.click_model import PositionBasedModel
-from streams.embedding_refresh import EmbeddingRefresher, stream_time_ms
+from streams.data.click_model import PositionBasedModel
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.bus import InProcessBus
 from streams.schema import Event, Interaction
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.worker.embedding_refresh import EmbeddingRefresher, stream_time_ms
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import msgspec
 
 from features.collab import train_item_embeddings
 from features.seen import NEGATIVE_TYPES
-from streams.jsonl import read_events
+from streams.data.jsonl import read_events
 from streams.schema import EventValidator, Interaction, Item
 
 

@@ -14,16 +14,16 @@ from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
 from serving.resources import Resources, TransportProbe
 from streamrec.settings import Settings
-from streams.bus import InProcessBus
-from streams.dead_letter import DeadLetterPolicy
-from streams.kafka_io import BrokerProbe, KafkaSource, KafkaTailSource, RawProducer
-from streams.pipelined import PipelinedWorker
-from streams.producer import EventProducer
-from streams.replica import IndexReplica, SourceFactory
-from streams.runtime import Backoff, Worker
+from streams.io.bus import InProcessBus
+from streams.io.dead_letter import DeadLetterPolicy
+from streams.io.kafka import BrokerProbe, KafkaSource, KafkaTailSource, RawProducer
+from streams.io.producer import EventProducer
+from streams.io.replica import IndexReplica, SourceFactory
+from streams.io.transport import EventSink, MessageSource, RawSink
 from streams.schema import EventValidator
-from streams.transport import EventSink, MessageSource, RawSink
-from streams.worker_processors import default_processors
+from streams.worker.default_processors import default_processors
+from streams.worker.pipelined import PipelinedWorker
+from streams.worker.runtime import Backoff, Worker
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build_worker(
     commit_target_ms: float = 0.0,
 ) -> Worker:
     """A worker over any transport: the composition both modes share. ``commit_target_ms``
-    above 0 sizes batches to keep each commit near it (see streams/batch_limit.py)."""
+    above 0 sizes batches to keep each commit near it (see streams/worker/batch_limit.py)."""
     keys = Keys(settings.namespace)
     return (PipelinedWorker if pipelined else Worker)(
         source=source,

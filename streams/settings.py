@@ -56,7 +56,7 @@ class WorkerSettings(BaseModel):
     # ~100 bytes of Redis per event in the window (0: off, offsets alone deduplicate).
     dedup_window_ms: int = Field(2 * 60 * 1000, ge=0, le=7 * 86_400_000)
     # Longest interactions and impressions wait for the catalog (the items topic) to be
-    # applied up to its end before they go on regardless (streams/catalog_gate.py): an items
+    # applied up to its end before they go on regardless (streams/worker/catalog_gate.py): an items
     # partition nobody applies must not stall the stream for good.
     catalog_wait_ms: int = Field(120_000, ge=0, le=86_400_000)
     # Seconds between heartbeats the worker writes for /health.

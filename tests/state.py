@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.verify import PARTITION_KINDS, readable_state
+from streams.data.verify import PARTITION_KINDS, readable_state
 
 __all__ = ["PARTITION_KINDS", "assert_same_state", "readable_state"]
 

@@ -21,8 +21,8 @@ import orjson
 from features.stores.redis_store import RedisStore
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker
-from streams.kafka_io import RawProducer
-from streams.transport import RawMessage, TopicPartition
+from streams.io.kafka import RawProducer
+from streams.io.transport import RawMessage, TopicPartition
 
 
 class _PushedSource:

@@ -37,9 +37,9 @@ from streamrec.bench.latency import percentile
 from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
 from streamrec.settings import Settings
-from streams.kafka_io import create_topics
-from streams.producer import EventProducer
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.kafka import create_topics
+from streams.io.producer import EventProducer
 
 log = logging.getLogger(__name__)
 

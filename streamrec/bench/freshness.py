@@ -73,10 +73,10 @@ from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
 from streamrec.settings import Settings
 from streamrec.wiring import index_replica, kafka_worker
-from streams.kafka_io import KafkaTailSource, client_config, create_topics
-from streams.producer import EventProducer
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.kafka import KafkaTailSource, client_config, create_topics
+from streams.io.producer import EventProducer
 from streams.schema import Interaction, Item
-from streams.simulator import SimulatorConfig, StreamSimulator
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from confluent_kafka import Consumer, TopicPartition
 from features.keys import Keys
 from streamrec.bench.latency import latency_figures
 from streamrec.settings import Settings
-from streams.kafka_io import client_config
-from streams.producer import EventProducer
-from streams.replica import IndexReplica
+from streams.io.kafka import client_config
+from streams.io.producer import EventProducer
+from streams.io.replica import IndexReplica
 from streams.schema import Interaction, Item
 
 log = logging.getLogger(__name__)

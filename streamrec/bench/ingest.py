@@ -25,9 +25,9 @@ from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
 from streamrec.settings import Settings
 from streamrec.wiring import kafka_worker
-from streams.kafka_io import client_config, create_topics
-from streams.producer import EventProducer
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.kafka import client_config, create_topics
+from streams.io.producer import EventProducer
 
 log = logging.getLogger(__name__)
 

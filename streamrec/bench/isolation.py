@@ -8,7 +8,7 @@ from confluent_kafka.admin import AdminClient
 
 from features.stores.redis_store import RedisStore
 from streamrec.settings import Settings
-from streams.kafka_io import client_config
+from streams.io.kafka import client_config
 
 log = logging.getLogger(__name__)
 

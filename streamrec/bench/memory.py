@@ -17,8 +17,8 @@ from features.stores.redis_store import RedisStore
 from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
 from streamrec.settings import Settings
-from streams.pipeline import run_pipeline
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.worker.pipeline import run_pipeline
 
 #: Per-item and per-user key kinds (the part after the namespace).
 ITEM_KINDS = ("item", "emb", "covis")

@@ -33,7 +33,7 @@ def schema() -> None:
 @topics_app.command("create")
 def topics_create(config: ConfigOption = None) -> None:
     """Create the topics (idempotent)."""
-    from streams.kafka_io import create_topics
+    from streams.io.kafka import create_topics
 
     settings = setup_command(config)
     for topic, outcome in create_topics(

@@ -40,9 +40,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from features.keys import Keys
         from features.stores.redis_store import RedisStore
         from streamrec.wiring import wait_for_store
-        from streams.embedding_refresh import EmbeddingRefresher
-        from streams.embedding_refresh import follow as follow_store
-        from streams.producer import EventProducer
+        from streams.io.producer import EventProducer
+        from streams.worker.embedding_refresh import EmbeddingRefresher
+        from streams.worker.embedding_refresh import follow as follow_store
 
         settings = setup_command(config)
         every_s = every if every is not None else settings.learning.embedding_refresh_s

@@ -30,8 +30,8 @@ from streamrec.evaluation.datasets import (
 from streamrec.evaluation.prequential import DEFAULT_TARGETS, EvalOptions, PrequentialRun
 from streamrec.evaluation.report import write_all
 from streamrec.settings import Settings
-from streams.readers import ReadReport, TsUnit, read_events
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.data.readers import ReadReport, TsUnit, read_events
+from streams.data.simulator import SimulatorConfig, StreamSimulator
 
 
 def _summary_rows(report: dict[str, Any]) -> dict[str, object]:

@@ -21,13 +21,13 @@ from rich.table import Table
 
 from features.errors import InvalidEventError, StreamrecError
 from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
-from streams.readers import ReadOptions
-from streams.recording import RecordFormat, RecordingError, RecordRange, parse_time_ms
-from streams.table_columns import ColumnMapping, ColumnMappingError, TsUnit
+from streams.data.readers import ReadOptions
+from streams.data.recording import RecordFormat, RecordingError, RecordRange, parse_time_ms
+from streams.data.table_columns import ColumnMapping, ColumnMappingError, TsUnit
 
 if TYPE_CHECKING:
     from streamrec.settings import Settings
-    from streams.replay import Progress as ReplayProgress
+    from streams.data.replay import Progress as ReplayProgress
     from streams.schema import Event
 
 ColumnsOption = Annotated[
@@ -151,9 +151,9 @@ def replay(
     config: ConfigOption = None,
 ) -> None:
     """Send a recorded stream or a dataset to Kafka; exit 1 if any row was rejected."""
-    from streams.producer import EventProducer
-    from streams.readers import ReadReport
-    from streams.replay import replay_file
+    from streams.data.readers import ReadReport
+    from streams.data.replay import replay_file
+    from streams.io.producer import EventProducer
 
     settings = setup_command(config)
     if not file.is_file():
@@ -255,7 +255,7 @@ def record(
     config: ConfigOption = None,
 ) -> None:
     """Copy a topic's range to a file; stops at the range's end or the topic's current end."""
-    from streams.recording import record_topic
+    from streams.data.recording import record_topic
 
     settings = setup_command(config)
     ours = {

@@ -18,8 +18,8 @@ def produce(
 ) -> None:
     """Validate JSONL events and send them to Kafka; bad lines are reported and skipped."""
     from streamrec.wiring import validator
-    from streams.jsonl import produce_jsonl
-    from streams.producer import EventProducer
+    from streams.data.jsonl import produce_jsonl
+    from streams.io.producer import EventProducer
 
     settings = setup_command(config)
     stream = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
@@ -47,7 +47,7 @@ def worker(
     stop = stop_on_signals()
     w = kafka_worker(settings, worker_id)
     if settings.worker.metrics_port:
-        from streams.worker_metrics import WorkerMetrics
+        from streams.worker.metrics import WorkerMetrics
 
         WorkerMetrics(w).serve(settings.worker.metrics_port, stop)
     if wait_for_store(w.store, "worker", stop):

@@ -25,9 +25,9 @@ import typer
 from features.errors import StreamrecError
 from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
 from streamrec.settings import Settings
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.transport import EventSink
 from streams.schema import Event, Interaction, Item, encode
-from streams.simulator import SimulatorConfig, StreamSimulator
-from streams.transport import EventSink
 
 #: Seconds between two progress lines.
 PROGRESS_EVERY_S = 5.0
@@ -301,7 +301,7 @@ def _to_kafka(
     catalog: bool,
     summary: Summary,
 ) -> None:
-    from streams.producer import EventProducer
+    from streams.io.producer import EventProducer
 
     stop = stop_on_signals()
     producer = EventProducer(settings.kafka_bootstrap, settings.topics, settings.kafka_config)

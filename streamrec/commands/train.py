@@ -43,7 +43,7 @@ def train_embeddings(
         input, validator(settings), items_log=items, window=window, min_count=min_count, seed=seed
     )
     if publish:
-        from streams.producer import EventProducer
+        from streams.io.producer import EventProducer
 
         with EventProducer(settings.kafka_bootstrap, settings.topics, settings.kafka_config) as p:
             for upsert in upserts:

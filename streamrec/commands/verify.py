@@ -1,7 +1,7 @@
 """`streamrec verify`: is the live state what the log says it should be?
 
 It reads the store's offset table, reads the worker's input topics from Kafka up to those
-offsets, applies them in memory through the same processors (:mod:`streams.verify`), and
+offsets, applies them in memory through the same processors (:mod:`streams.data.verify`), and
 diffs every key family against Redis. Run it when the workers are caught up and producers
 are quiet: a store that moves while it reads is reported, not diffed.
 """
@@ -24,9 +24,9 @@ from features.stores.redis_store import RedisStore
 from streamrec.cli_common import ConfigOption, console, setup_command
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker
-from streams.recording import RecordRange, record_topic
-from streams.transport import RawMessage, TopicPartition
-from streams.verify import RecordedSource, StateDiff, diff_states, live_order, readable_state
+from streams.data.recording import RecordRange, record_topic
+from streams.data.verify import RecordedSource, StateDiff, diff_states, live_order, readable_state
+from streams.io.transport import RawMessage, TopicPartition
 
 
 class _Collect:

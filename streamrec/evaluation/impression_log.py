@@ -40,9 +40,9 @@ from streamrec.evaluation.ope import (
     estimate,
     weight_diagnostics,
 )
-from streams.feedback import open_record
-from streams.jsonl import read_events
+from streams.data.jsonl import read_events
 from streams.schema import EventValidator, Impression, Interaction
+from streams.worker.feedback import open_record
 
 BoolArray = npt.NDArray[np.bool_]
 

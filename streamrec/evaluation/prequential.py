@@ -31,11 +31,11 @@ from streamrec.evaluation.metrics import ExposureAccumulator, RankAccumulator, r
 from streamrec.evaluation.session_baselines import SESSION_BASELINES
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, validator
-from streams.bus import InProcessBus
-from streams.embedding_refresh import EmbeddingRefresher
-from streams.replica import IndexReplica
+from streams.io.bus import InProcessBus
+from streams.io.replica import IndexReplica
+from streams.io.transport import RawMessage
 from streams.schema import Event, Interaction, Item, encode, event_key
-from streams.transport import RawMessage
+from streams.worker.embedding_refresh import EmbeddingRefresher
 
 #: Interactions that are targets by default: everything but skips and dismissals, which say
 #: what the user did not want.

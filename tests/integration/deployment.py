@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from features.keys import Keys
 from features.stores.redis_store import RedisStore
-from streams.producer import EventProducer
+from streams.io.producer import EventProducer
 from streams.schema import Event
 from streams.settings import TopicSettings
 from tests.helpers import free_port, start, stop, wait_for

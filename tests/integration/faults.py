@@ -25,9 +25,9 @@ from streamrec.services.kafka import fetch_kafka_jars, kafka_answers, start_kafk
 from streamrec.services.process import is_running, signal_group, stop_process
 from streamrec.services.redis import redis_answers, start_redis
 from streamrec.settings import ServicesSettings, load_settings
-from streams.pipeline import run_pipeline
+from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.schema import Event, Item
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.worker.pipeline import run_pipeline
 from tests.helpers import free_port, stop, wait_for
 from tests.integration.deployment import Deployment
 from tests.state import readable_state

@@ -18,9 +18,9 @@ import pytest
 from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
-from streams.pipeline import run_pipeline
 from streams.schema import Event, Interaction, Item
 from streams.settings import WorkerSettings
+from streams.worker.pipeline import run_pipeline
 from tests.helpers import wait_for
 from tests.integration.deployment import Deployment, produce
 from tests.state import assert_same_state, readable_state

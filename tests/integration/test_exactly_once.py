@@ -24,11 +24,11 @@ from features.keys import Keys
 from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
-from streams.pipeline import run_pipeline
-from streams.producer import EventProducer
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.producer import EventProducer
 from streams.schema import Event, Item
 from streams.settings import TopicSettings
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.worker.pipeline import run_pipeline
 from tests.helpers import wait_for
 from tests.integration.deployment import Deployment, produce
 from tests.state import assert_same_state, readable_state

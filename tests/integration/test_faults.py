@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from features.ann import HnswIndex
 from features.stores.redis_store import RedisStore
-from streams.producer import EventProducer
+from streams.io.producer import EventProducer
 from streams.schema import Event, Interaction, Item, encode
 from streams.settings import TopicSettings
 from tests.helpers import start, stop, wait_for

@@ -20,9 +20,9 @@ from features.keys import Keys
 from features.stores.redis_store import RedisStore
 from streamrec.services.common import layout
 from streamrec.settings import Settings
-from streams.kafka_io import RawProducer
-from streams.partitioning import partition_for
-from streams.producer import EventProducer
+from streams.io.kafka import RawProducer
+from streams.io.partitioning import partition_for
+from streams.io.producer import EventProducer
 from streams.schema import Interaction
 from streams.settings import TopicSettings
 from tests.helpers import wait_for

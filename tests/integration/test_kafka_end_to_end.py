@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer
 
 from features.keys import Keys
 from features.stores.redis_store import RedisStore
-from streams.dead_letter import REASON, SOURCE_TOPIC
+from streams.io.dead_letter import REASON, SOURCE_TOPIC
 from tests.helpers import wait_for
 from tests.integration.deployment import Deployment
 

@@ -38,7 +38,7 @@ from features.keys import Keys
 from features.settings import DEFAULT_EVENT_WEIGHTS
 from features.stores.redis_store import RedisStore
 from streamrec.settings import Settings
-from streams.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
+from streams.io.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from tests.helpers import wait_for
 from tests.integration.deployment import Deployment
 

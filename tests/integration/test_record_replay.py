@@ -16,8 +16,8 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.kafka_io import create_topics
-from streams.readers import ColumnMapping, ReadOptions, ReadReport, read_events
+from streams.data.readers import ColumnMapping, ReadOptions, ReadReport, read_events
+from streams.io.kafka import create_topics
 from streams.schema import Event, Interaction
 from streams.settings import TopicSettings
 

@@ -10,9 +10,9 @@ from features.keys import Keys
 from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
-from streams.pipeline import run_pipeline
+from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.settings import WorkerSettings
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.worker.pipeline import run_pipeline
 from tests.state import assert_same_state, readable_state
 
 pytestmark = pytest.mark.integration

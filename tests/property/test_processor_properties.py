@@ -1,6 +1,6 @@
-"""Property-based tests of the worker and its processors, through `streams.pipeline.run_pipeline`
-on the in-memory store: bad input never stops the worker, never loses a valid event, and
-always reaches the dead-letter topic with its reason.
+"""Property-based tests of the worker and its processors, through
+`streams.worker.pipeline.run_pipeline` on the in-memory store: bad input never stops the
+worker, never loses a valid event, and always reaches the dead-letter topic with its reason.
 
 A generated stream interleaves valid interactions, items and impressions with garbage of
 every kind the issue lists (random bytes, truncated or mistyped JSON, oversize payloads, NaN
@@ -34,10 +34,8 @@ from features.stores.memory_store import InMemoryStore
 from features.trending import Trending
 from streamrec.settings import Settings
 from streamrec.wiring import index_replica
-from streams.bus import InProcessBus
-from streams.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
-from streams.pipeline import run_pipeline
-from streams.runtime import Worker
+from streams.io.bus import InProcessBus
+from streams.io.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from streams.schema import (
     Event,
     EventValidator,
@@ -48,6 +46,8 @@ from streams.schema import (
     encode,
 )
 from streams.settings import TopicSettings, WorkerSettings
+from streams.worker.pipeline import run_pipeline
+from streams.worker.runtime import Worker
 from tests.reads import trending_top
 from tests.state import assert_same_state, readable_state
 

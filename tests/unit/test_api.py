@@ -15,8 +15,8 @@ from features.stores.memory_store import InMemoryStore
 from serving.app import create_app
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, embedded_resources
-from streams.bus import InProcessBus
-from streams.runtime import Worker
+from streams.io.bus import InProcessBus
+from streams.worker.runtime import Worker
 
 
 class System:

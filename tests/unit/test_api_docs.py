@@ -32,9 +32,9 @@ from serving.resources import Resources
 from serving.settings import ServingSettings
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, embedded_resources
-from streams.bus import InProcessBus
-from streams.runtime import Worker
+from streams.io.bus import InProcessBus
 from streams.schema import Event
+from streams.worker.runtime import Worker
 
 CHECKS = [
     status_code_conformance,

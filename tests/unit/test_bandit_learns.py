@@ -31,11 +31,11 @@ from serving.metrics import FeedMetrics
 from serving.resources import Resources
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, validator
-from streams.bus import InProcessBus
-from streams.partitioning import partition_for
-from streams.runtime import Worker
+from streams.io.bus import InProcessBus
+from streams.io.partitioning import partition_for
 from streams.schema import Impression, Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
+from streams.worker.runtime import Worker
 from tests.reads import posteriors as read_posteriors
 
 pytestmark = pytest.mark.timeout(60)

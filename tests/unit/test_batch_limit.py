@@ -9,9 +9,9 @@ from features.batch import WriteBatch
 from features.stores.memory_store import InMemoryStore
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker
-from streams.batch_limit import MAX_PRESSURE, BatchLimit
-from streams.bus import InProcessBus
+from streams.io.bus import InProcessBus
 from streams.schema import Interaction
+from streams.worker.batch_limit import MAX_PRESSURE, BatchLimit
 
 
 def commits_at(per_event_ms: float, fixed_ms: float = 0.0):  # type: ignore[no-untyped-def]

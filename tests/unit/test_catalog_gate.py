@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from streams.catalog_gate import CatalogGate, catalog_behind
-from streams.transport import RawMessage, TopicPartition
+from streams.io.transport import RawMessage, TopicPartition
+from streams.worker.catalog_gate import CatalogGate, catalog_behind
 
 ITEMS, CLICKS = "items", "interactions"
 

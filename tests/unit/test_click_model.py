@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.click_model import ClickModelConfig, PositionBasedModel, best_expected_clicks
+from streams.data.click_model import ClickModelConfig, PositionBasedModel, best_expected_clicks
+from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.schema import EventValidator, Interaction, encode
-from streams.simulator import SimulatorConfig, StreamSimulator
 
 SLATE = [f"i{k}" for k in range(10)]
 

@@ -57,3 +57,39 @@ def test_health_the_dashboard_and_the_routes_read_live_state_through_the_live_re
         if isinstance(node, ast.Attribute) and node.attr == "store"
     ]
     assert not direct, f"{path.name} reads the store directly at {direct}"
+
+
+#: streams/'s layers, lowest first: a module may import its own layer and the ones below.
+STREAMS_LAYERS = ("streams", "streams.io", "streams.worker", "streams.data")
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    return STREAMS_LAYERS.index(".".join(parts[:2])) if len(parts) > 2 else 0
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(parsed(path)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.extend((node.lineno, f"{node.module}.{a.name}") for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name) for a in node.names)
+    return found
+
+
+def test_streams_imports_flow_from_data_to_worker_to_io_to_the_top() -> None:
+    upward = []
+    for path in modules("streams"):
+        here = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for line, name in imported_modules(path):
+            target = name if name.startswith("streams.") else ""
+            if target and target.split(".")[1] in {"io", "worker", "data"}:
+                if layer_of(target) > layer_of(here):
+                    upward.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not upward, upward
+
+
+def test_the_top_of_streams_holds_only_what_every_layer_shares() -> None:
+    top = sorted(p.name for p in (ROOT / "streams").glob("*.py"))
+    assert top == ["__init__.py", "item_vectors.py", "schema.py", "settings.py"]

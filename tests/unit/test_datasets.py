@@ -31,7 +31,7 @@ from streamrec.evaluation.datasets import (
 )
 from streamrec.evaluation.wheels import PyPIUnreachableError, WheelFetchError
 from streamrec.settings import Settings
-from streams.readers import ReadReport, read_events
+from streams.data.readers import ReadReport, read_events
 from streams.schema import Interaction
 
 TINY = "tiny"

@@ -13,8 +13,8 @@ from serving.funnel.funnel import FeedResult
 from serving.funnel.ordering import Slot
 from streamrec.demo import EmbeddedSystem, FeedClients
 from streamrec.settings import Settings
+from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.schema import Event, Interaction
-from streams.simulator import SimulatorConfig, StreamSimulator
 from tests.helpers import free_port, start, stop, wait_for
 
 

@@ -16,14 +16,14 @@ from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
 from streamrec.demo import EmbeddedSystem
 from streamrec.settings import Settings
-from streams.bus import InProcessBus
-from streams.embedding_refresh import EmbeddingRefresher, follow, stream_time_ms
-from streams.pipeline import run_pipeline
-from streams.replica import IndexReplica
-from streams.runtime import Worker
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.bus import InProcessBus
+from streams.io.replica import IndexReplica
 from streams.schema import EventValidator, Interaction, Item, encode
 from streams.settings import TopicSettings
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.worker.embedding_refresh import EmbeddingRefresher, follow, stream_time_ms
+from streams.worker.pipeline import run_pipeline
+from streams.worker.runtime import Worker
 from tests.reads import neighbours
 
 DIM = 16

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from streamrec.cli import app
 from streamrec.evaluation.prequential import EvalOptions, PrequentialRun
 from streamrec.settings import Settings
+from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.schema import Event, Interaction, Item
-from streams.simulator import SimulatorConfig, StreamSimulator
 
 T0 = 1_700_000_000_000
 

@@ -20,9 +20,9 @@ from serving.funnel.settings import FunnelSettings
 from serving.resources import Resources
 from streamrec.settings import Settings
 from streamrec.wiring import build_worker, embedded_resources
-from streams.bus import InProcessBus
-from streams.runtime import Worker
+from streams.io.bus import InProcessBus
 from streams.schema import Impression
+from streams.worker.runtime import Worker
 
 CATEGORIES = ("news", "sport", "music")
 PER_CATEGORY = 12

@@ -9,10 +9,10 @@ from features.keys import Keys
 from features.ranker import RankerStore
 from features.settings import LearningSettings
 from features.stores.memory_store import InMemoryStore
-from streams.bus import InProcessBus
-from streams.pipeline import run_pipeline
+from streams.io.bus import InProcessBus
 from streams.schema import Event, Impression, ImpressionSlot, Interaction
 from streams.settings import TopicSettings
+from streams.worker.pipeline import run_pipeline
 from tests.reads import posteriors
 
 KEYS = Keys("sr")

@@ -45,8 +45,8 @@ from serving.funnel.scoring import BASE_FEATURES, Scorer, feature_names
 from serving.funnel.settings import FunnelSettings, PinnedItem, SourceSettings
 from serving.funnel.sources import SOURCES, CandidateSource
 from streams.item_vectors import item_vector
-from streams.pipeline import run_pipeline
 from streams.schema import Interaction, Item
+from streams.worker.pipeline import run_pipeline
 
 NOW_MS = 1_700_000_000_000
 NOW_S = NOW_MS / 1000.0

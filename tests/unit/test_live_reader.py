@@ -12,8 +12,8 @@ from features.keys import GLOBAL, Keys
 from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
 from serving.funnel.live import LiveReader
-from streams.pipeline import run_pipeline
 from streams.schema import Interaction, Item
+from streams.worker.pipeline import run_pipeline
 from tests.reads import posteriors, trending_rising, trending_top
 
 NOW_MS = 1_700_000_000_000

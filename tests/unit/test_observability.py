@@ -9,10 +9,10 @@ import logging
 from fastapi.testclient import TestClient
 
 from streamrec.logs import JsonFormatter, RequestIdFilter
-from streams.bus import InProcessBus
-from streams.dead_letter import DeadLetterPolicy
+from streams.io.bus import InProcessBus
+from streams.io.dead_letter import DeadLetterPolicy
+from streams.io.transport import RawMessage
 from streams.settings import TopicSettings
-from streams.transport import RawMessage
 from tests.unit.test_api import System
 
 
@@ -33,7 +33,7 @@ def test_json_logs_carry_topic_partition_offset_and_request_id() -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RequestIdFilter())
-    logger = logging.getLogger("streams.dead_letter")
+    logger = logging.getLogger("streams.io.dead_letter")
     logger.addHandler(handler)
     try:
         bus = InProcessBus(partitions=1, topics=TopicSettings())

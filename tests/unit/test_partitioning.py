@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.bus import InProcessBus
-from streams.partitioning import murmur2, partition_for
+from streams.io.bus import InProcessBus
+from streams.io.partitioning import murmur2, partition_for
 from streams.schema import Interaction, event_key
 from streams.settings import TopicSettings
 

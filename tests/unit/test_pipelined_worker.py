@@ -12,14 +12,14 @@ from features.errors import ConflictError, StoreUnavailableError
 from features.keys import Keys
 from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
-from streams.bus import InProcessBus
-from streams.dead_letter import DeadLetterPolicy
-from streams.pipeline import run_pipeline
-from streams.pipelined import PipelinedWorker
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.bus import InProcessBus
+from streams.io.dead_letter import DeadLetterPolicy
 from streams.schema import EventValidator
 from streams.settings import TopicSettings, WorkerSettings
-from streams.simulator import SimulatorConfig, StreamSimulator
-from streams.worker_processors import default_processors
+from streams.worker.default_processors import default_processors
+from streams.worker.pipeline import run_pipeline
+from streams.worker.pipelined import PipelinedWorker
 from tests.state import assert_same_state, readable_state
 
 NOW = 1_800_000_000_000

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from features.errors import InvalidEventError
-from streams.readers import (
+from streams.data.readers import (
     OUT_OF_ORDER,
     ColumnMapping,
     ColumnMappingError,
@@ -291,8 +291,8 @@ def test_a_truncated_gzip_is_one_error_not_a_crash(tmp_path: Path) -> None:
 
 def test_a_parquet_recording_reads_its_value_column(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
-    from streams.recording import ParquetWriter
-    from streams.transport import RawMessage
+    from streams.data.recording import ParquetWriter
+    from streams.io.transport import RawMessage
 
     path = tmp_path / "rec.parquet"
     writer = ParquetWriter(path)

@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from streams.readers import ReadOptions, ReadReport
-from streams.replay import FakeClock, Pacer, Progress, replay_events, replay_file, shifted
+from streams.data.readers import ReadOptions, ReadReport
+from streams.data.replay import FakeClock, Pacer, Progress, replay_events, replay_file, shifted
 from streams.schema import Event, EventValidator, Interaction, Item, encode
 
 NOW = 1_800_000_000_000

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 from features.ann import BruteForceIndex
-from streams.bus import InProcessBus
-from streams.replica import IndexReplica
+from streams.io.bus import InProcessBus
+from streams.io.replica import IndexReplica
 from streams.schema import EventValidator, Item
 from streams.settings import TopicSettings
 

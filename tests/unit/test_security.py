@@ -35,9 +35,9 @@ from serving.security import (
 from serving.settings import ServingSettings
 from streamrec.settings import Settings
 from streamrec.wiring import embedded_resources, kafka_worker
-from streams import kafka_io
-from streams.bus import InProcessBus
-from streams.producer import EventProducer
+from streams.io import kafka as kafka_io
+from streams.io.bus import InProcessBus
+from streams.io.producer import EventProducer
 
 WRITE = "write-key-0123456789"
 READ = "read-key-0123456789a"

@@ -17,10 +17,10 @@ import typer
 from typer.testing import CliRunner
 
 from streamrec.commands import simulate as simulate_command
-from streams.bus import InProcessBus
-from streams.jsonl import event_kind
+from streams.data.jsonl import event_kind
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.bus import InProcessBus
 from streams.schema import EventValidator, Interaction, Item, encode
-from streams.simulator import SimulatorConfig, StreamSimulator
 
 SMALL = SimulatorConfig(users=200, items=400, embedding_dim=16)
 CHANGING = SimulatorConfig(

@@ -8,8 +8,8 @@ import numpy as np
 from features.batch import WriteBatch
 from features.keys import Keys
 from features.stores.memory_store import InMemoryStore
-from streams.processors import BatchReads, EventBatch
-from streams.state_cache import StateCache
+from streams.worker.processors import BatchReads, EventBatch
+from streams.worker.state_cache import StateCache
 
 KEYS = Keys("sr")
 K = 3

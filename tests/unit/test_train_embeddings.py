@@ -10,9 +10,9 @@ import msgspec
 import numpy as np
 
 from features.keys import Keys
-from streams.pipeline import run_pipeline
+from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.schema import Interaction, Item, encode
-from streams.simulator import SimulatorConfig, StreamSimulator
+from streams.worker.pipeline import run_pipeline
 
 START = 1_700_000_000_000
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.transport import RawMessage
-from streams.verify import diff_states, live_order
+from streams.data.verify import diff_states, live_order
+from streams.io.transport import RawMessage
 
 P = "{sr}:"
 

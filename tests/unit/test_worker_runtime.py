@@ -12,13 +12,13 @@ from features.errors import StoreUnavailableError
 from features.keys import Keys
 from features.settings import FeatureSettings
 from features.stores.memory_store import InMemoryStore
-from streams.bus import InProcessBus
-from streams.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
-from streams.pipeline import run_pipeline
+from streams.data.simulator import SimulatorConfig, StreamSimulator
+from streams.io.bus import InProcessBus
+from streams.io.dead_letter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from streams.schema import Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
-from streams.simulator import SimulatorConfig, StreamSimulator
-from streams.worker_processors import default_processors
+from streams.worker.default_processors import default_processors
+from streams.worker.pipeline import run_pipeline
 from tests.state import assert_same_state, readable_state
 
 NOW = 1_800_000_000_000
@@ -132,7 +132,7 @@ def test_a_worker_stopped_during_an_outage_commits_nothing() -> None:
 
 
 def test_same_stream_same_state() -> None:
-    from streams.simulator import SimulatorConfig, StreamSimulator
+    from streams.data.simulator import SimulatorConfig, StreamSimulator
 
     def final_state() -> list[tuple[str, float]]:
         sim = StreamSimulator(SimulatorConfig(users=50, items=200, embedding_dim=64), seed=3)
@@ -279,7 +279,7 @@ def test_a_retried_commit_whose_first_attempt_landed_applies_nothing_twice() -> 
 
 
 def test_worker_metrics_show_re_sends_and_the_store_state() -> None:
-    from streams.worker_metrics import WorkerMetrics
+    from streams.worker.metrics import WorkerMetrics
 
     bus = InProcessBus(partitions=1)
     _, worker, _ = run_pipeline([click(1), click(1), click(2)], bus=bus, now_ms=NOW)

@@ -7,7 +7,7 @@ embedding states only change through its own batches; item lookups can change th
 another worker's batches and so expire after a few seconds. The runtime clears the whole
 cache when its partitions change hands or a commit fails.
 
-Reads fill the cache (:class:`streams.processors.BatchReads`); writes reach it only through
+Reads fill the cache (:class:`streams.worker.processors.BatchReads`); writes reach it only through
 :meth:`StateCache.absorb`, from the batch about to be committed, so that what it holds is
 what the store will hold, whatever the processors do.
 """
@@ -33,7 +33,7 @@ from features.batch import (
     ZScalePrefix,
 )
 from features.keys import Keys
-from streams.transport import TopicPartition
+from streams.io.transport import TopicPartition
 
 #: A user's latest seen items (item, event time ms), newest first, as ``store.top`` reads
 #: them, with how many were asked for.

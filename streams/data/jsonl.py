@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 
 from features.errors import InvalidEventError
+from streams.io.transport import EventSink
 from streams.schema import DECODE_ERRORS, Event, EventValidator, Impression, Interaction, Item
-from streams.transport import EventSink
 
 
 def event_kind(obj: dict[str, Any]) -> type[Event]:

@@ -48,7 +48,7 @@ class MessageSource(Protocol):
 
 
 class EventSink(Protocol):
-    """Where producers put events: :class:`streams.producer.EventProducer` or the bus."""
+    """Where producers put events: :class:`streams.io.producer.EventProducer` or the bus."""
 
     def send(self, event: Event) -> None:
         """Queue ``event`` on its topic, keyed for partitioning."""

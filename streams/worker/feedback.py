@@ -33,8 +33,8 @@ from features.batch import WriteBatch
 from features.keys import Keys
 from features.ranker import OnlineRanker, RankerStore, RankerWeights, preference_pairs
 from features.settings import LearningSettings
-from streams.processors import BatchReads, EventBatch
 from streams.schema import Impression, Interaction
+from streams.worker.processors import BatchReads, EventBatch
 
 log = logging.getLogger(__name__)
 

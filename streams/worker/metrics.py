@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from streams.runtime import Worker
+from streams.worker.runtime import Worker
 
 
 class WorkerMetrics:
@@ -18,7 +18,7 @@ class WorkerMetrics:
     ``/metrics`` on ``port``.
 
     Examples:
-        >>> from streams.pipeline import run_pipeline
+        >>> from streams.worker.pipeline import run_pipeline
         >>> from streams.schema import Interaction
         >>> _, worker, _ = run_pipeline(
         ...     [Interaction(event_id="e", user_id="u", item_id="i", type="click", ts=1_000)]

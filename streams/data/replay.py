@@ -1,7 +1,7 @@
 """Replay a recorded stream into a sink (Kafka, through the producer), paced and shifted.
 
 Pacing and shifting are pure: a :class:`Clock` is passed in, so that tests drive them with
-a fake clock and no sleeps. The file side is :func:`streams.readers.read_events`.
+a fake clock and no sleeps. The file side is :func:`streams.data.readers.read_events`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import msgspec
 
-from streams.readers import ReadOptions, ReadReport, read_events
+from streams.data.readers import ReadOptions, ReadReport, read_events
+from streams.io.transport import EventSink
 from streams.schema import Event, Item
-from streams.transport import EventSink
 
 
 class Clock(Protocol):

@@ -21,12 +21,12 @@ from typing import Any
 
 from features.batch import WriteBatch
 from features.errors import StoreUnavailableError
-from streams.dedup import KnownIds
-from streams.planner import MessageAt, PartitionMarks, last_offsets
-from streams.processors import BatchReads, EventBatch
-from streams.runtime import StopRequested, Worker
-from streams.state_cache import StateCache
-from streams.transport import RawMessage
+from streams.io.transport import RawMessage
+from streams.worker.dedup import KnownIds
+from streams.worker.planner import MessageAt, PartitionMarks, last_offsets
+from streams.worker.processors import BatchReads, EventBatch
+from streams.worker.runtime import StopRequested, Worker
+from streams.worker.state_cache import StateCache
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 import time
 from collections import Counter
 
-from streams.transport import RawMessage, RawSink
+from streams.io.transport import RawMessage, RawSink
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class DeadLetterPolicy:
     """Sends rejected messages, untouched, to the dead-letter topic with their origin and reason.
 
     Examples:
-        >>> from streams.bus import InProcessBus
+        >>> from streams.io.bus import InProcessBus
         >>> bus = InProcessBus(partitions=1)
         >>> policy = DeadLetterPolicy(bus, "dlq")
         >>> policy.reject(RawMessage("in", 0, 7, b"k", b"{oops"), "malformed JSON")

@@ -18,9 +18,9 @@ import numpy as np
 from features.ann import AnnIndex, HnswIndex
 from features.catalog import ItemMeta
 from features.errors import InvalidEventError
+from streams.io.transport import MessageSource, RawMessage
 from streams.item_vectors import item_meta, item_vector
 from streams.schema import EventValidator, Item
-from streams.transport import MessageSource, RawMessage
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from features.keys import Keys
 from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
 from features.trending import Trending
+from streams.io.transport import EventSink
 from streams.schema import Item
-from streams.transport import EventSink
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class EmbeddingRefresher:
     keeps the published frame in memory.
 
     Examples:
-        >>> from streams.pipeline import run_pipeline
+        >>> from streams.worker.pipeline import run_pipeline
         >>> from streams.schema import Interaction
         >>> events = [Interaction(event_id=f"e{u}{n}", user_id=f"u{u}", item_id=f"{g}{n}",
         ...                       type="view", ts=1_000 * (10 * u + n))

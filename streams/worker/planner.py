@@ -1,7 +1,7 @@
 """The batch planner: from polled messages to the one atomic write that applies them.
 
-Both worker drivers plan through it: the synchronous one (:class:`streams.runtime.Worker`)
-and the pipelined one (:class:`streams.pipelined.PipelinedWorker`). They differ only in
+Both worker drivers plan through it: the synchronous one (:class:`streams.worker.runtime.Worker`)
+and the pipelined one (:class:`streams.worker.pipelined.PipelinedWorker`). They differ only in
 where the checkpoint, the known event ids and the state come from (the store, or what the
 commit in flight will leave there) and in when the writes are committed.
 
@@ -20,13 +20,13 @@ from features.batch import WriteBatch
 from features.errors import InvalidEventError
 from features.keys import Keys
 from features.store import Store
-from streams.dead_letter import DeadLetterPolicy
-from streams.dedup import Candidate, EventIdFilter, KnownIds
-from streams.processors import BatchReads, EventBatch, Processor
+from streams.io.dead_letter import DeadLetterPolicy
+from streams.io.transport import RawMessage, TopicPartition
 from streams.schema import EventValidator, Impression, Interaction, Item
 from streams.settings import TopicSettings, WorkerSettings
-from streams.transport import RawMessage, TopicPartition
-from streams.worker_stats import WorkerStats
+from streams.worker.dedup import Candidate, EventIdFilter, KnownIds
+from streams.worker.processors import BatchReads, EventBatch, Processor
+from streams.worker.stats import WorkerStats
 
 #: A message's place: its partition and offset.
 MessageAt = tuple[TopicPartition, int]
@@ -34,7 +34,7 @@ MessageAt = tuple[TopicPartition, int]
 PartitionMarks = dict[TopicPartition, int]
 
 #: Longest event time a partition's feeds wait for its clicks to catch up (see
-#: :meth:`BatchPlanner.feedback_clocks`); within the records' lifetime (streams/feedback.py).
+#: :meth:`BatchPlanner.feedback_clocks`); within the records' lifetime (streams/worker/feedback.py).
 CLICKS_IDLE_MAX_MS = 3_600_000
 
 

@@ -5,7 +5,7 @@ and, having examined it, clicks with probability ``attractiveness(relevance)``, 
 
     P(click at k) = examination(k) × attractiveness(relevance of the item at k).
 
-Relevance is ground truth (:meth:`streams.simulator.StreamSimulator.relevance`), so the
+Relevance is ground truth (:meth:`streams.data.simulator.StreamSimulator.relevance`), so the
 expected clicks of any slate are known exactly, and so is the best slate of the same size
 from the same candidates: their difference is the regret of whoever chose the slate.
 Under the PBM the best slate puts the most attractive candidates in the most examined

@@ -11,8 +11,8 @@ from features.keys import Keys
 from features.seen import SeenSet
 from features.settings import FeatureSettings, LearningSettings
 from features.trending import Trending
-from streams.feedback import FeedbackProcessor
-from streams.processors import (
+from streams.worker.feedback import FeedbackProcessor
+from streams.worker.processors import (
     CatalogProcessor,
     CovisitationProcessor,
     EmbeddingProcessor,

@@ -28,8 +28,8 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from features.errors import StreamrecError, TransportUnavailableError
-from streams.kafka_io import client_config
-from streams.transport import RawMessage
+from streams.io.kafka import client_config
+from streams.io.transport import RawMessage
 
 RecordFormat: TypeAlias = Literal["jsonl", "jsonl.gz", "parquet"]
 PARQUET_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "value")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Protocol, runtime_checkable
 
 from features.errors import StoreUnavailableError, TransportUnavailableError
-from streams.transport import RawMessage, TopicPartition
+from streams.io.transport import RawMessage, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class RecoveringSource:
     rewound to the table (to the log's beginning when nothing is left) and replayed; the
     exactly-once guard is untouched, as the replay starts right after what the store holds.
     When the catalog (the items topic) is rewound as well, what the worker holds of the other
-    topics is consumed again, so that the catalog gate (:mod:`streams.catalog_gate`) puts it
+    topics is consumed again, so that the catalog gate (:mod:`streams.worker.catalog_gate`) puts it
     behind the catalog, as it was the first time round.
 
     The table is checked in the checkpoint the worker reads before each synchronous batch
@@ -181,7 +181,7 @@ class RecoveringSource:
         )
         if any(tp[0] == self.items_topic for tp in rewound):
             # What the worker holds of the other topics must not be applied before the
-            # catalog again: consume it again, behind the catalog (streams.catalog_gate).
+            # catalog again: consume it again, behind the catalog (streams.worker.catalog_gate).
             others = {tp for tp in self.source.assigned if tp[0] != self.items_topic}
             for tp in sorted(others - self.stale):
                 self._seek(tp, stored.get(tp))

@@ -11,10 +11,10 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-from streams.partitioning import partition_for
+from streams.io.partitioning import partition_for
+from streams.io.transport import RawMessage, TopicPartition
 from streams.schema import Event, Impression, Item, encode, event_key
 from streams.settings import TopicSettings
-from streams.transport import RawMessage, TopicPartition
 
 
 class _Partition:
@@ -168,7 +168,7 @@ class InProcessBus:
 
 
 class BusSource:
-    """A :class:`streams.transport.MessageSource` over an :class:`InProcessBus`."""
+    """A :class:`streams.io.transport.MessageSource` over an :class:`InProcessBus`."""
 
     def __init__(self, bus: InProcessBus, topics: list[str], group: str) -> None:
         self._bus, self._topics, self._group = bus, topics, group

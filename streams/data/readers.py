@@ -32,10 +32,8 @@ import msgspec
 
 from features.errors import InvalidEventError, StreamrecError
 from features.settings import FeatureSettings
-from streams.jsonl import parse_line
-from streams.schema import Event, EventValidator, Impression, Interaction, InteractionType
-from streams.settings import WorkerSettings
-from streams.table_columns import (
+from streams.data.jsonl import parse_line
+from streams.data.table_columns import (
     DEFAULT_TYPE_MAP,
     ColumnMapping,
     ColumnMappingError,
@@ -43,6 +41,8 @@ from streams.table_columns import (
     RowConverter,
     TsUnit,
 )
+from streams.schema import Event, EventValidator, Impression, Interaction, InteractionType
+from streams.settings import WorkerSettings
 
 __all__ = [
     "OUT_OF_ORDER",

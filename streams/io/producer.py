@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from features.errors import TransportUnavailableError
-from streams.kafka_io import RawProducer
+from streams.io.kafka import RawProducer
 from streams.schema import Event, Impression, Item, encode, event_key
 from streams.settings import TopicSettings
 

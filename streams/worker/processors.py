@@ -33,7 +33,7 @@ from features.store import Store
 from features.trending import Counted, Trending
 from streams.item_vectors import item_vector, vector_source
 from streams.schema import Impression, Interaction, Item
-from streams.state_cache import StateCache
+from streams.worker.state_cache import StateCache
 
 T = TypeVar("T")
 

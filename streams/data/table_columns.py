@@ -67,12 +67,13 @@ class ColumnMapping:
         >>> ColumnMapping.parse("user=UserId,ts=Time")
         Traceback (most recent call last):
         ...
-        streams.table_columns.ColumnMappingError: --columns lacks item= (required: user, item, ts)
+        streams.data.table_columns.ColumnMappingError: --columns lacks item= (required: user, \
+item, ts)
         >>> ColumnMapping.parse("user=u,item=i,ts=t,colour=c")
         Traceback (most recent call last):
         ...
-        streams.table_columns.ColumnMappingError: --columns: unknown field 'colour' (known: user, \
-item, ts, session, type, rating, event_id)
+        streams.data.table_columns.ColumnMappingError: --columns: unknown field 'colour' \
+(known: user, item, ts, session, type, rating, event_id)
     """
 
     user: str
@@ -124,7 +125,7 @@ item, ts, session, type, rating, event_id)
 
 
 class ConversionRules(Protocol):
-    """How row values become an interaction (``streams.readers.ReadOptions`` is one)."""
+    """How row values become an interaction (``streams.data.readers.ReadOptions`` is one)."""
 
     @property
     def ts_unit(self) -> TsUnit: ...

@@ -8,13 +8,13 @@ from features.keys import Keys
 from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
-from streams.bus import InProcessBus
-from streams.dead_letter import DeadLetterPolicy
-from streams.processors import Processor
-from streams.runtime import Worker
+from streams.io.bus import InProcessBus
+from streams.io.dead_letter import DeadLetterPolicy
 from streams.schema import Event, EventValidator
 from streams.settings import TopicSettings, WorkerSettings
-from streams.worker_processors import default_processors
+from streams.worker.default_processors import default_processors
+from streams.worker.processors import Processor
+from streams.worker.runtime import Worker
 
 
 def run_pipeline(

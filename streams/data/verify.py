@@ -28,7 +28,7 @@ from features.keys import Keys
 from features.settings import FeatureSettings
 from features.store import Store
 from features.trending import Trending
-from streams.transport import RawMessage, TopicPartition
+from streams.io.transport import RawMessage, TopicPartition
 
 #: Per-partition bookkeeping: it depends on how a transport partitions, not on the events.
 PARTITION_KINDS = frozenset({"offsets", "watermarks", "workers", "landmarks", "eids"})
@@ -201,7 +201,7 @@ def live_order(messages: Iterable[RawMessage], items_topic: str) -> list[RawMess
 
 
 class RecordedSource:
-    """A :class:`streams.transport.MessageSource` over messages held in memory."""
+    """A :class:`streams.io.transport.MessageSource` over messages held in memory."""
 
     def __init__(self, messages: list[RawMessage]) -> None:
         self.messages = messages

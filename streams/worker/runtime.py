@@ -36,23 +36,23 @@ from features.batch import WriteBatch
 from features.errors import ConflictError, StoreUnavailableError
 from features.keys import Keys
 from features.store import Store
-from streams.batch_limit import BatchLimit
-from streams.catalog_gate import CatalogGate
-from streams.dead_letter import DeadLetterPolicy
-from streams.dedup import KnownIds
-from streams.planner import (
+from streams.io.dead_letter import DeadLetterPolicy
+from streams.io.transport import MessageSource, RawMessage
+from streams.schema import EventValidator
+from streams.settings import TopicSettings, WorkerSettings
+from streams.worker.batch_limit import BatchLimit
+from streams.worker.catalog_gate import CatalogGate
+from streams.worker.dedup import KnownIds
+from streams.worker.planner import (
     BatchPlanner,
     MessageAt,
     PartitionMarks,
     last_offsets,
     read_checkpoint,
 )
-from streams.processors import BatchReads, EventBatch, Processor
-from streams.recovery import RecoveringSource, Rewindable
-from streams.schema import EventValidator
-from streams.settings import TopicSettings, WorkerSettings
-from streams.transport import MessageSource, RawMessage
-from streams.worker_stats import WorkerStats, percentiles
+from streams.worker.processors import BatchReads, EventBatch, Processor
+from streams.worker.recovery import RecoveringSource, Rewindable
+from streams.worker.stats import WorkerStats, percentiles
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,10 +20,10 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from features.errors import TransportUnavailableError
-from streams.partitioning import JAVA_PARTITIONER
+from streams.io.partitioning import JAVA_PARTITIONER
+from streams.io.transport import RawMessage
+from streams.io.transport import TopicPartition as TP
 from streams.settings import TopicSettings
-from streams.transport import RawMessage
-from streams.transport import TopicPartition as TP
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def consume_batch(
 
 
 class KafkaSource:
-    """A :class:`streams.transport.MessageSource` on a confluent-kafka consumer.
+    """A :class:`streams.io.transport.MessageSource` on a confluent-kafka consumer.
 
     Offsets are committed only after the batch's state is in the store (never automatically),
     so a crash replays from the last committed batch and the store's offset table skips what
@@ -207,7 +207,7 @@ class KafkaSource:
             # A lost commit only means replaying events the store's offset table will skip.
             log.warning("offset commit failed (will be retried with the next batch): %s", exc)
 
-    # --- rewinding, for a worker whose store lost what it had applied (streams.runtime) ---
+    # --- rewinding, for a worker whose store lost what it had applied (streams.worker.runtime) ---
 
     def committed(self, tps: Collection[TP]) -> dict[TP, int]:
         """The group's committed next offsets of ``tps`` (those it has); asks the broker."""
@@ -297,7 +297,7 @@ class KafkaSource:
 class RawProducer:
     """A confluent-kafka producer: idempotent, batched, with delivery reports.
 
-    It is the dead-letter sink, and the transport under :class:`streams.producer.EventProducer`.
+    It is the dead-letter sink, and the transport under :class:`streams.io.producer.EventProducer`.
     """
 
     def __init__(
@@ -312,7 +312,7 @@ class RawProducer:
         self.delivered = 0
         self.failed = 0
         # The Java client's partitioner unless the user's properties name another: a key
-        # must land on the partition a JVM service's producer picks (streams.partitioning).
+        # must land on the partition a JVM service's producer picks (streams.io.partitioning).
         config = (
             {"partitioner": JAVA_PARTITIONER}
             | client_config(bootstrap, extra)
@@ -442,7 +442,7 @@ class KafkaTailSource:
     ) -> None:
         self.connection = ConnectionLog(f"replica of {topic}")
         # The Java client's partitioner unless the user's properties name another: a key
-        # must land on the partition a JVM service's producer picks (streams.partitioning).
+        # must land on the partition a JVM service's producer picks (streams.io.partitioning).
         config = (
             {"partitioner": JAVA_PARTITIONER}
             | client_config(bootstrap, extra)

@@ -24,8 +24,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from features.errors import StoreUnavailableError, TransportUnavailableError
-from streams.recovery import Rewindable
-from streams.transport import RawMessage, TopicPartition
+from streams.io.transport import RawMessage, TopicPartition
+from streams.worker.recovery import Rewindable
 
 log = logging.getLogger(__name__)
 
