@@ -3,12 +3,32 @@ values first, then the feature's own pure function of them."""
 
 from __future__ import annotations
 
+from features.ann import AnnIndex
 from features.bandit import Posterior, SourceBandit
 from features.covisitation import Covisitation
-from features.keys import GLOBAL
+from features.keys import GLOBAL, Keys
 from features.landmarks import Ranked
+from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
 from features.trending import RISING_CANDIDATES, Trending
+from serving.funnel.live import LiveReader
+
+
+def live_reader(
+    store: Store, keys: Keys, features: FeatureSettings, index: AnnIndex | None = None
+) -> LiveReader:
+    """The serving reader over ``store``, caching nothing (each read sees the latest
+    writes), with ``index`` as its ANN replica."""
+    return LiveReader(
+        store,
+        keys,
+        features,
+        LearningSettings(),
+        index=lambda: index,
+        catalog_view=lambda: None,
+        lists_ttl_s=0.0,
+        model_reload_s=0.0,
+    )
 
 
 def trending_top(

@@ -39,7 +39,7 @@ from serving.funnel.filters import (
     UnavailableFilter,
 )
 from serving.funnel.funnel import FeedResult, Funnel
-from serving.funnel.live import LiveReader, UserState
+from serving.funnel.live import UserState
 from serving.funnel.ordering import SlateBuilder, Slot
 from serving.funnel.scoring import BASE_FEATURES, Scorer, feature_names
 from serving.funnel.settings import FunnelSettings, PinnedItem, SourceSettings
@@ -47,6 +47,7 @@ from serving.funnel.sources import SOURCES, CandidateSource
 from streams.item_vectors import item_vector
 from streams.schema import Interaction, Item
 from streams.worker.pipeline import run_pipeline
+from tests.reads import live_reader
 
 NOW_MS = 1_700_000_000_000
 NOW_S = NOW_MS / 1000.0
@@ -115,16 +116,7 @@ class World:
             if it.available and vector is not None:
                 self.index.upsert([it.item_id], [vector])
         index = self.index if with_index else None
-        self.live = LiveReader(
-            self.store,
-            KEYS,
-            FEATURES,
-            LEARNING,
-            index=lambda: index,
-            catalog_view=lambda: None,
-            lists_ttl_s=0.0,
-            model_reload_s=0.0,
-        )
+        self.live = live_reader(self.store, KEYS, FEATURES, index)
 
     def context(
         self,

@@ -14,7 +14,7 @@ from features.store import Store
 from serving.funnel.live import LiveReader
 from streams.schema import Interaction, Item
 from streams.worker.pipeline import run_pipeline
-from tests.reads import posteriors, trending_rising, trending_top
+from tests.reads import live_reader, posteriors, trending_rising, trending_top
 
 NOW_MS = 1_700_000_000_000
 NOW_S = NOW_MS / 1000.0
@@ -24,16 +24,7 @@ LEARNING = LearningSettings()
 
 
 def reader(store: Store) -> LiveReader:
-    return LiveReader(
-        store,
-        KEYS,
-        FEATURES,
-        LEARNING,
-        index=lambda: None,
-        catalog_view=lambda: None,
-        lists_ttl_s=0.0,
-        model_reload_s=0.0,
-    )
+    return live_reader(store, KEYS, FEATURES)
 
 
 def clicks(counts: dict[str, int], ts_ms: int) -> list[Interaction]:
