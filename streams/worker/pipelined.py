@@ -153,7 +153,7 @@ class PipelinedWorker(Worker):
             events,
             self.store,
             self.keys,
-            self.validator.embedding_dim,
+            self.planner.validator.embedding_dim,
             cache=cache,
             barrier=lambda: self._finish(stop),
         )

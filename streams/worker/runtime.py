@@ -106,8 +106,6 @@ class Worker:
     ) -> None:
         self.store = store
         self.keys = keys
-        self.validator = validator
-        self.dead_letter = dead_letter
         self.topics = topics
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -278,7 +276,7 @@ class Worker:
                 )
                 self.planner.reject(msg, f"cannot be applied: {type(exc).__name__}: {exc}")
                 rejected.add(((msg.topic, msg.partition), msg.offset))
-            self.dead_letter.flush()
+            self.planner.dead_letter.flush()
             return self._apply(messages, stop, rejected)  # commits the offsets past it
         half = len(messages) // 2
         return self._apply(messages[:half], stop, rejected) + self._apply(
@@ -302,7 +300,7 @@ class Worker:
         watermarks: PartitionMarks,
         polled: int,
     ) -> None:
-        reads = BatchReads(events, self.store, self.keys, self.validator.embedding_dim)
+        reads = BatchReads(events, self.store, self.keys, self.planner.validator.embedding_dim)
         batch = self.planner.compute(events, last, applied, watermarks, reads)
         self._commit(batch, len(events), polled)
 
