@@ -7,7 +7,8 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import httpx
 from confluent_kafka.admin import AdminClient
@@ -126,3 +127,16 @@ def produce(deployment: Deployment, events: Sequence[Event], linger_ms: int = 50
     with EventProducer(deployment.bootstrap, topics, linger_ms=linger_ms) as producer:
         for event in events:
             producer.send(event)
+
+
+@contextmanager
+def deployed(deployment: Deployment, *, start: bool = True) -> Iterator[Deployment]:
+    """``deployment`` up (or only its topics, with ``start=False``), and down afterwards."""
+    try:
+        if start:
+            deployment.up()
+        else:
+            deployment.create_topics()
+        yield deployment
+    finally:
+        deployment.down()

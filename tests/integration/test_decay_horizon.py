@@ -22,7 +22,7 @@ from streams.schema import Event, Interaction, Item
 from streams.settings import WorkerSettings
 from streams.worker.pipeline import run_pipeline
 from tests.helpers import wait_for
-from tests.integration.deployment import Deployment, produce
+from tests.integration.deployment import Deployment, deployed, produce
 from tests.state import assert_same_state, readable_state
 
 pytestmark = pytest.mark.integration
@@ -38,20 +38,23 @@ DIM = FEATURES.embedding_dim
 
 @pytest.fixture
 def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
-    d = Deployment(
-        kafka_bootstrap,
-        redis_url,
-        env={
-            "STREAMREC_WORKER__MAX_FUTURE_MS": str(MAX_FUTURE_MS),
-            "STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(FEATURES.covisitation_neighbours),
-            "STREAMREC_FEATURES__COVISITATION_HALF_LIFE_S": str(FEATURES.covisitation_half_life_s),
-        },
-    )
-    try:
-        d.create_topics()
+    with deployed(
+        Deployment(
+            kafka_bootstrap,
+            redis_url,
+            env={
+                "STREAMREC_WORKER__MAX_FUTURE_MS": str(MAX_FUTURE_MS),
+                "STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(
+                    FEATURES.covisitation_neighbours
+                ),
+                "STREAMREC_FEATURES__COVISITATION_HALF_LIFE_S": str(
+                    FEATURES.covisitation_half_life_s
+                ),
+            },
+        ),
+        start=False,
+    ) as d:
         yield d
-    finally:
-        d.down()
 
 
 def burst(rng: random.Random, start_ms: int, n: int, tag: str) -> list[Event]:

@@ -30,7 +30,7 @@ from streams.schema import Event, Item
 from streams.settings import TopicSettings
 from streams.worker.pipeline import run_pipeline
 from tests.helpers import wait_for
-from tests.integration.deployment import Deployment, produce
+from tests.integration.deployment import Deployment, deployed, produce
 from tests.state import assert_same_state, readable_state
 
 pytestmark = pytest.mark.integration
@@ -44,17 +44,18 @@ FEATURES = FeatureSettings(covisitation_neighbours=10_000)
 
 @pytest.fixture
 def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
-    d = Deployment(
-        kafka_bootstrap,
-        redis_url,
-        partitions=6,
-        env={"STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(FEATURES.covisitation_neighbours)},
-    )
-    try:
-        d.create_topics()
+    with deployed(
+        Deployment(
+            kafka_bootstrap,
+            redis_url,
+            partitions=6,
+            env={
+                "STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(FEATURES.covisitation_neighbours)
+            },
+        ),
+        start=False,
+    ) as d:
         yield d
-    finally:
-        d.down()
 
 
 def simulated(n: int, seed: int) -> tuple[list[Event], list[Event]]:

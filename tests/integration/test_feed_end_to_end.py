@@ -26,7 +26,7 @@ from confluent_kafka import Consumer
 from features.attribution import decode_open
 from features.stores.redis_store import RedisStore
 from tests.helpers import wait_for
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, deployed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -40,12 +40,8 @@ K = 20
 
 @pytest.fixture
 def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
-    d = Deployment(kafka_bootstrap, redis_url)
-    try:
-        d.up()
+    with deployed(Deployment(kafka_bootstrap, redis_url)) as d:
         yield d
-    finally:
-        d.down()
 
 
 def now_ms() -> int:

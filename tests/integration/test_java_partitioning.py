@@ -26,7 +26,7 @@ from streams.io.producer import EventProducer
 from streams.schema import Interaction
 from streams.settings import TopicSettings
 from tests.helpers import wait_for
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, deployed
 
 pytestmark = pytest.mark.integration
 
@@ -128,12 +128,8 @@ def test_the_sdk_and_the_java_producer_pick_the_same_partition_for_every_key(
 
 @pytest.fixture
 def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
-    d = Deployment(kafka_bootstrap, redis_url, partitions=PARTITIONS)
-    try:
-        d.up()
+    with deployed(Deployment(kafka_bootstrap, redis_url, partitions=PARTITIONS)) as d:
         yield d
-    finally:
-        d.down()
 
 
 def test_a_resend_through_the_other_client_is_a_duplicate(

@@ -15,19 +15,15 @@ from features.keys import Keys
 from features.stores.redis_store import RedisStore
 from streams.io.dead_letter import REASON, SOURCE_TOPIC
 from tests.helpers import wait_for
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, deployed
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
-    d = Deployment(kafka_bootstrap, redis_url)
-    try:
-        d.up()
+    with deployed(Deployment(kafka_bootstrap, redis_url)) as d:
         yield d
-    finally:
-        d.down()
 
 
 def event(user: str, item: str, kind: str = "click") -> dict[str, object]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.deployment import Deployment
+from tests.integration.deployment import Deployment, deployed
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
-    d = Deployment(kafka_bootstrap, redis_url)
-    try:
-        d.up()
+    with deployed(Deployment(kafka_bootstrap, redis_url)) as d:
         yield d
-    finally:
-        d.down()
 
 
 def test_schemathesis_finds_no_failure_and_no_server_error(deployment: Deployment) -> None:
