@@ -8,6 +8,8 @@ time. :class:`BruteForceIndex` is one matrix–vector product.
 Both are safe to share between threads: any number of queries run at once, and a write
 (upsert, remove, a new ``ef_search``) waits for them and excludes them. hnswlib needs this: it
 must never add and search at once, and ``resize_index`` frees the memory a search is reading.
+Queries do not queue behind a stream of inserts: an upsert takes the lock one small chunk at a
+time, and the lock lets every query that waited for a chunk run before the next one.
 
 ``save(directory, meta)`` writes a whole snapshot into a temp dir inside ``directory``, renames
 it to ``snap-…`` and then atomically replaces the ``CURRENT`` file that names it. A crash at
@@ -25,9 +27,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -35,6 +36,8 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 import orjson
+
+from features.rwlock import PhaseFairLock
 
 Matrix = npt.NDArray[np.float32]
 Hit = tuple[str, float]
@@ -78,45 +81,6 @@ class AnnIndex(Protocol):
         """The index and meta of the latest complete snapshot in ``directory``."""
 
 
-class _RWLock:
-    """Many readers or one writer. A waiting writer stops new readers, so it cannot starve."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
 class _Index:
     """The public methods, written once: checks, normalisation, locking, exclusion, snapshots.
 
@@ -126,11 +90,14 @@ class _Index:
 
     kind: ClassVar[str]
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, write_chunk: int = 16) -> None:
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
+        if write_chunk < 1:
+            raise ValueError(f"write_chunk must be at least 1, got {write_chunk}")
         self.dim = dim
-        self._lock = _RWLock()
+        self.write_chunk = write_chunk
+        self._lock = PhaseFairLock()
         self._save_lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -140,11 +107,17 @@ class _Index:
         raise NotImplementedError
 
     def upsert(self, ids: Sequence[str], vectors: npt.ArrayLike) -> None:
-        """Add items; an id already known gets the new vector and is live again."""
+        """Add items; an id already known gets the new vector and is live again.
+
+        A large batch goes in ``write_chunk`` items per hold of the write lock, so queries run
+        between the chunks instead of waiting for the whole batch: a query sees the batch's
+        first chunks, in order, or none of it.
+        """
         batch_ids, unit = self._unit_rows(ids, vectors)
-        if batch_ids:
+        for start in range(0, len(batch_ids), self.write_chunk):
+            stop = start + self.write_chunk
             with self._lock.write():
-                self._upsert(batch_ids, unit)
+                self._upsert(batch_ids[start:stop], unit[start:stop])
 
     def remove(self, ids: Sequence[str]) -> None:
         """Stop returning these ids (deleted or unavailable items); unknown ids are ignored."""

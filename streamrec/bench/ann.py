@@ -4,10 +4,11 @@ keep arriving, against exact brute force over the same data in the same run.
 1. Build: upsert 90% of ``n`` seeded, clustered vectors in batches → ``inserts_per_s``
    (growth by ``resize_index`` included).
 2. Serve while streaming: a background thread upserts the last 10% in batches of
-   :data:`STREAM_BATCH`, as the items consumer does but as fast as it can
-   (``stream_inserts_per_s``), while the main thread runs ``queries`` single-vector queries
-   (k=10) → ``qps``. Each batch holds the index's write lock, so queries wait for it: this
-   ``qps`` is the worst case, and ``qps_quiet`` the other end.
+   :data:`STREAM_BATCH` at ``insert_rate`` items/s (0: as fast as it can), as the items
+   consumer does, while the main thread runs ``queries`` single-vector queries (k=10) →
+   ``qps`` and ``query_p99_ms``. ``stream_inserts_per_s`` is the rate the inserts kept up
+   while the queries ran. The index takes its write lock a small chunk at a time and lets
+   waiting queries in between chunks; ``qps_quiet`` is the same queries with no writer.
 3. ``recall_at_10`` is measured against the items present when each query ran. The streamer
    counts items begun (before each upsert) and done (after it); a query that read ``done = lo``
    before it started and ``begun = hi`` after it ended saw exactly the first ``P`` items for
@@ -29,6 +30,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,13 @@ import numpy as np
 import numpy.typing as npt
 
 from features.ann import BruteForceIndex, HnswIndex
+from features.settings import FeatureSettings
 from streamrec.bench.report import print_table
 
-M = 16
-EF_CONSTRUCTION = 200
-EF_SEARCH = 64
+_DEFAULTS = FeatureSettings()
+M = _DEFAULTS.ann_m
+EF_CONSTRUCTION = _DEFAULTS.ann_ef_construction
+EF_SEARCH = _DEFAULTS.ann_ef_search
 BUILD_BATCH = 10_000
 STREAM_BATCH = 100
 K = 10
@@ -93,8 +97,76 @@ def _memory_per_item(dim: int) -> float:
     return level0 + (M * 4 + 4) / (M - 1) + 8 + 4 + 40
 
 
+def _stream(
+    index: HnswIndex,
+    ids: list[str],
+    vectors: Matrix,
+    start: int,
+    rate: float,
+    begun: list[int],
+    done: list[int],
+) -> None:
+    """Upsert rows ``start:`` in batches of :data:`STREAM_BATCH`, ``rate`` items/s at most,
+    counting items whose upsert has begun and returned."""
+    paced_from = time.perf_counter()
+    for first in range(start, len(ids), STREAM_BATCH):
+        if rate > 0:
+            due = paced_from + (first - start) / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+        stop = min(first + STREAM_BATCH, len(ids))
+        begun[0] = stop
+        index.upsert(ids[first:stop], vectors[first:stop])
+        done[0] = stop
+
+
+@dataclass
+class _Served:
+    """The queries run while items streamed in: results, the items present before and after
+    each one (see the module docstring), latencies, and how many items went in meanwhile."""
+
+    results: list[list[tuple[str, float]]]
+    lo: list[int]
+    hi: list[int]
+    latencies: list[float]
+    window_s: float
+    inserted: int
+
+
+def _query_while_streaming(
+    index: HnswIndex,
+    ids: list[str],
+    vectors: Matrix,
+    probes: Matrix,
+    built: int,
+    insert_rate: float,
+) -> _Served:
+    begun, done = [built], [built]  # items whose upsert has begun / returned
+    streaming = threading.Thread(
+        target=_stream, args=(index, ids, vectors, built, insert_rate, begun, done)
+    )
+    streaming.start()
+    served = _Served([], [], [], [], 0.0, 0)
+    started = time.perf_counter()
+    inserted_before = done[0]
+    for q in probes:
+        served.lo.append(done[0])
+        asked = time.perf_counter()
+        served.results.append(index.query(q, k=K))
+        served.latencies.append(time.perf_counter() - asked)
+        served.hi.append(begun[0])
+    served.window_s = time.perf_counter() - started
+    served.inserted = done[0] - inserted_before
+    streaming.join()
+    return served
+
+
 def run_ann_bench(
-    *, n: int = 100_000, dim: int = 64, queries: int = 1_000, seed: int = 0
+    *,
+    n: int = 100_000,
+    dim: int = 64,
+    queries: int = 5_000,
+    insert_rate: float = 5_000.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Build, then query while streaming the rest in; see the module docstring."""
     data = clustered_vectors(n + queries, dim, seed)
@@ -111,28 +183,9 @@ def run_ann_bench(
         index.upsert(ids[start:stop], vectors[start:stop])
     build_s = time.perf_counter() - started
 
-    begun, done = [built], [built]  # items whose upsert has begun / returned
-    stream_s = [0.0]
-
-    def stream() -> None:
-        stream_started = time.perf_counter()
-        for start in range(built, n, STREAM_BATCH):
-            stop = min(start + STREAM_BATCH, n)
-            begun[0] = stop
-            index.upsert(ids[start:stop], vectors[start:stop])
-            done[0] = stop
-        stream_s[0] = time.perf_counter() - stream_started
-
-    streamer = threading.Thread(target=stream, name="ann-bench-stream")
-    streamer.start()
-    results, lo, hi = [], [], []
-    started = time.perf_counter()
-    for q in probes:
-        lo.append(done[0])
-        results.append(index.query(q, k=K))
-        hi.append(begun[0])
-    qps = queries / (time.perf_counter() - started)
-    streamer.join()
+    served = _query_while_streaming(index, ids, vectors, probes, built, insert_rate)
+    results, lo, hi = served.results, served.lo, served.hi
+    qps = queries / served.window_s
 
     low = _exact_top(unit, probes_unit, np.array(lo))
     high = _exact_top(unit, probes_unit, np.array(hi))
@@ -159,7 +212,9 @@ def run_ann_bench(
         "ratio": round(qps / baseline_qps, 3),
         "queries": queries,
         "queries_during_inserts": sum(1 for x in lo if x < n),
-        "stream_inserts_per_s": round((n - built) / stream_s[0], 1),
+        "insert_rate": insert_rate,
+        "stream_inserts_per_s": round(served.inserted / served.window_s, 1),
+        "query_p99_ms": round(1000 * float(np.quantile(served.latencies, 0.99)), 3),
         "recall_skipped": truths.count(None),
         "qps_quiet": round(qps_quiet, 1),
         "ratio_quiet": round(qps_quiet / baseline_qps, 3),

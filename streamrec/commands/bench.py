@@ -47,14 +47,17 @@ def bench_ann(
         int, typer.Option(min=1000, help="Items in the index (1000000 for the 1M run).")
     ] = 100_000,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimension.")] = 64,
-    queries: Annotated[int, typer.Option(min=10, help="Queries to time.")] = 1_000,
+    queries: Annotated[int, typer.Option(min=10, help="Queries to time.")] = 5_000,
+    insert_rate: Annotated[
+        float, typer.Option(min=0, help="Items/s streamed in while querying (0: flat out).")
+    ] = 5_000.0,
     seed: Annotated[int, typer.Option(help="Seed of the data.")] = 0,
 ) -> None:
     """HNSW inserts/s, QPS and recall@10 while inserts continue, against exact brute force."""
     from streamrec.bench.ann import run_ann_bench
 
     setup_command(None)
-    figures = run_ann_bench(n=n, dim=dim, queries=queries, seed=seed)
+    figures = run_ann_bench(n=n, dim=dim, queries=queries, insert_rate=insert_rate, seed=seed)
     typer.echo(orjson.dumps(figures).decode())
 
 
