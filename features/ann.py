@@ -90,13 +90,13 @@ class _Index:
 
     kind: ClassVar[str]
 
-    def __init__(self, dim: int, *, write_chunk: int = 16) -> None:
+    #: Items an upsert writes per hold of the write lock: ~1 ms of HNSW inserts on 2 cores.
+    WRITE_CHUNK: ClassVar[int] = 16
+
+    def __init__(self, dim: int) -> None:
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
-        if write_chunk < 1:
-            raise ValueError(f"write_chunk must be at least 1, got {write_chunk}")
         self.dim = dim
-        self.write_chunk = write_chunk
         self._lock = PhaseFairLock()
         self._save_lock = threading.Lock()
 
@@ -109,13 +109,13 @@ class _Index:
     def upsert(self, ids: Sequence[str], vectors: npt.ArrayLike) -> None:
         """Add items; an id already known gets the new vector and is live again.
 
-        A large batch goes in ``write_chunk`` items per hold of the write lock, so queries run
+        A large batch goes in :attr:`WRITE_CHUNK` items per hold of the write lock, so queries run
         between the chunks instead of waiting for the whole batch: a query sees the batch's
         first chunks, in order, or none of it.
         """
         batch_ids, unit = self._unit_rows(ids, vectors)
-        for start in range(0, len(batch_ids), self.write_chunk):
-            stop = start + self.write_chunk
+        for start in range(0, len(batch_ids), self.WRITE_CHUNK):
+            stop = start + self.WRITE_CHUNK
             with self._lock.write():
                 self._upsert(batch_ids[start:stop], unit[start:stop])
 

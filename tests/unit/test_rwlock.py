@@ -14,31 +14,18 @@ def test_readers_share_and_a_writer_excludes_them() -> None:
     overlaps: list[tuple[int, int]] = []
     counter = threading.Lock()
 
-    def enter(kind: int) -> None:
-        with counter:
-            inside[kind] += 1
-            overlaps.append((inside[0], inside[1]))
-
-    def leave(kind: int) -> None:
-        with counter:
-            inside[kind] -= 1
-
-    def reader() -> None:
-        for _ in range(200):
-            with lock.read():
-                enter(0)
+    def hold(kind: int, times: int) -> None:
+        for _ in range(times):
+            with lock.write() if kind else lock.read():
+                with counter:
+                    inside[kind] += 1
+                    overlaps.append((inside[0], inside[1]))
                 time.sleep(0.0001)
-                leave(0)
+                with counter:
+                    inside[kind] -= 1
 
-    def writer() -> None:
-        for _ in range(100):
-            with lock.write():
-                enter(1)
-                time.sleep(0.0001)
-                leave(1)
-
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    threads += [threading.Thread(target=writer) for _ in range(2)]
+    threads = [threading.Thread(target=hold, args=(0, 200)) for _ in range(3)]
+    threads += [threading.Thread(target=hold, args=(1, 100)) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
