@@ -35,9 +35,24 @@ CONFLICT = "CONFLICT"
 
 #: The interpreter. ARGV[1] holds two msgpack arrays (decoded by Redis's built-in cmsgpack):
 #: the guards ``[key index, field, expected or nil]``, checked before anything is written,
-#: then the ops ``[code, key index (1-based, into KEYS), payload]``. cmsgpack has no binary
+#: then the ops ``[code, key index (1-based, into KEYS), payload]`` (a ZADD's payload
+#: is score-member pairs, as the command takes them). cmsgpack has no binary
 #: type, so byte values ride as further ARGV entries and a SET's payload is their index.
 APPLY_OPS_LUA = """
+-- One command per chunk of arguments rather than per member: each redis.call costs about
+-- as much as the update it carries. Chunks stay far inside Lua's C stack (8,000 slots for
+-- unpack) and are even, so score-member and field-value pairs never straddle two calls.
+local CHUNK = 4000
+local function variadic(command, key, flag, payload)
+  for j = 1, #payload, CHUNK do
+    local last = math.min(j + CHUNK - 1, #payload)
+    if flag then
+      redis.call(command, key, flag, unpack(payload, j, last))
+    else
+      redis.call(command, key, unpack(payload, j, last))
+    end
+  end
+end
 local guards, ops = cmsgpack.unpack(ARGV[1])
 for _, guard in ipairs(guards) do
   local current = redis.call('HGET', KEYS[guard[1]], guard[2])
@@ -53,17 +68,11 @@ for _, op in ipairs(ops) do
       redis.call('ZINCRBY', key, payload[j + 1], payload[j])
     end
   elseif code == 'A' then
-    for j = 1, #payload, 2 do
-      redis.call('ZADD', key, payload[j + 1], payload[j])
-    end
+    variadic('ZADD', key, nil, payload)
   elseif code == 'G' then
-    for j = 1, #payload, 2 do
-      redis.call('ZADD', key, 'GT', payload[j + 1], payload[j])
-    end
+    variadic('ZADD', key, 'GT', payload)
   elseif code == 'R' then
-    for j = 1, #payload do
-      redis.call('ZREM', key, payload[j])
-    end
+    variadic('ZREM', key, nil, payload)
   elseif code == 'B' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. payload)
   elseif code == 'K' then
@@ -83,10 +92,11 @@ for _, op in ipairs(ops) do
         end
       end
     until cursor == '0'
-  elseif code == 'H' or code == 'N' then
-    local command = code == 'H' and 'HSET' or 'HSETNX'
+  elseif code == 'H' then
+    variadic('HSET', key, nil, payload)
+  elseif code == 'N' then
     for j = 1, #payload, 2 do
-      redis.call(command, key, payload[j], payload[j + 1])
+      redis.call('HSETNX', key, payload[j], payload[j + 1])
     end
   elseif code == 'V' then
     if payload[2] then
@@ -184,7 +194,7 @@ def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
             case ZIncrBy(key, amounts):
                 out.append(["I", key_of(key), [x for pair in amounts.items() for x in pair]])
             case ZAdd(key, scores, greater):
-                flat = [x for m, s in scores.items() for x in (m, float(s))]
+                flat = [x for m, s in scores.items() for x in (float(s), m)]
                 out.append(["G" if greater else "A", key_of(key), flat])
             case ZRem(key, members):
                 out.append(["R", key_of(key), list(members)])

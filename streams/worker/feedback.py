@@ -238,24 +238,33 @@ class FeedbackProcessor:
         by_user: dict[str, list[OpenImpression]] = defaultdict(list)
         for record in records.values():
             by_user[record.user_id].append(record)
+        waiting: dict[str, list[Interaction]] = defaultdict(list)
         for click in unmatched:
             if click.request_id is not None and click.request_id in records:
                 continue  # its feed is known: the click is outside its window, or not its item
             record = self.attribution.match(by_user[click.user_id], click.item_id, click.ts)
             if record is None:
-                self._pend(batch, click)
+                waiting[click.user_id].append(click)
             elif self.attribution.click(record, click.item_id, click.ts):
                 dirty.add(record.request_id)
                 self.stats.attributed += 1
+        for user, pended in waiting.items():
+            self._pend(batch, user, pended)
         return dirty
 
-    def _pend(self, batch: WriteBatch, click: Interaction) -> None:
-        key = self.keys.pending_clicks(click.user_id)
-        member = orjson.dumps([click.request_id, click.item_id, click.ts, click.event_id])
-        batch.zadd(key, {member.decode(): float(click.ts)})
+    def _pend(self, batch: WriteBatch, user: str, clicks: list[Interaction]) -> None:
+        """Park a user's unexplained clicks: one write, one trim and one expiry per user
+        and batch (trimming once to the best ``max_open_impressions`` keeps what trimming
+        after each click would)."""
+        key = self.keys.pending_clicks(user)
+        members = {
+            orjson.dumps([c.request_id, c.item_id, c.ts, c.event_id]).decode(): float(c.ts)
+            for c in clicks
+        }
+        batch.zadd(key, members)
         batch.zkeeptop(key, self.settings.max_open_impressions)
         batch.expire(key, self.attribution.record_ttl_s)
-        self.stats.pending += 1
+        self.stats.pending += len(clicks)
 
     @staticmethod
     def _due(reads: BatchReads, due_key: str, clock: int) -> list[str]:
