@@ -4,7 +4,7 @@ forward-decayed, with a bounded list of best neighbours per item."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from features.batch import WriteBatch
 from features.decay import decay_rate, forward_weight
@@ -19,9 +19,8 @@ from features.store import Store
 FAMILY = "covis"
 
 
-@dataclass(frozen=True, slots=True)
-class Visit:
-    """One interaction of a user, in offset order."""
+class Visit(NamedTuple):
+    """One interaction of a user, in offset order (a tuple: one is built per event)."""
 
     item_id: str
     ts_ms: int

@@ -9,7 +9,7 @@ makes their commit fail and recompute instead of mixing two frames of reference.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from features.batch import WriteBatch
 from features.decay import decay_rate, forward_weight
@@ -21,9 +21,8 @@ from features.store import Store
 RISING_CANDIDATES = 200
 
 
-@dataclass(frozen=True, slots=True)
-class Counted:
-    """One interaction as the counters see it."""
+class Counted(NamedTuple):
+    """One interaction as the counters see it (a tuple: one is built per event)."""
 
     item_id: str
     kind: str

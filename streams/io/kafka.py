@@ -118,8 +118,11 @@ def consume_batch(
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("%s: consume error: %s", connection.what, err.str())
             continue
-        raw_headers = msg.headers() or []
-        headers = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+        raw_headers = msg.headers()
+        headers: dict[str, bytes] = {}
+        if raw_headers:
+            pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+            headers = {name: _as_bytes(value) or b"" for name, value in pairs}
         out.append(
             RawMessage(
                 msg.topic() or "",
@@ -128,7 +131,7 @@ def consume_batch(
                 _as_bytes(msg.key()),
                 _as_bytes(msg.value()),
                 msg.timestamp()[1],
-                {name: _as_bytes(value) or b"" for name, value in headers},
+                headers,
             )
         )
     if out:

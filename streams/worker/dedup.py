@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from features.batch import WriteBatch
 from features.keys import Keys
@@ -28,10 +28,10 @@ from features.store import Store
 KnownIds = Callable[[int, list[str]], Sequence[float | None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """An interaction to screen: its partition, id, event time, and the partition's event
-    time once it was read (the running watermark)."""
+    time once it was read (the running watermark). A tuple: one is made per interaction,
+    and a frozen dataclass costs three times as much to build."""
 
     partition: int
     event_id: str
