@@ -135,6 +135,10 @@ class Keys:
         partition of the impressions topic."""
         return f"{self._prefix}:imp-due:{partition}"
 
+    def replica_probe(self, process: str) -> str:
+        """A serving process's replication-lag probe (written on the primary, expiring)."""
+        return f"{self._prefix}:replica-probe:{process}"
+
     def workers(self) -> str:
         """Hash of worker id → JSON heartbeat, read by /health."""
         return f"{self._prefix}:workers"

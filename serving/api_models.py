@@ -259,6 +259,28 @@ class Check(BaseModel):
     detail: str
 
 
+class ReplicaHealth(BaseModel):
+    """The Redis read replica the API reads while it keeps up (lag from SET + WAIT probes)."""
+
+    reading: Literal["replica", "primary"] = Field(
+        description="Where reads go now: the primary while the replica lags or fails"
+    )
+    last_ms: float | None = Field(description="Last probe's lag; null: none acknowledged")
+    p50_ms: float | None
+    p99_ms: float | None
+    max_lag_ms: float = Field(description="Lag past which reads go to the primary")
+    samples: int
+    measured: bool = Field(description="Whether any probe has completed yet")
+    unacknowledged: int = Field(description="Probes no replica acknowledged in time")
+    failed_reads: int = Field(description="Replica reads that failed over to the primary")
+
+
+class StoreCheck(Check):
+    """The live-state store, and its read replica when one is configured."""
+
+    replica: ReplicaHealth | SkipJsonSchema[None] = None
+
+
 class WorkerHealth(BaseModel):
     """A worker that sent a heartbeat lately."""
 
@@ -300,7 +322,7 @@ class Health(BaseModel):
 
     status: Literal["ok", "degraded"]
     index: IndexHealth
-    store: Check
+    store: StoreCheck
     transport: Check
     consumers: Consumers
 

@@ -44,10 +44,15 @@ def health_report(
     consumers_ok = any(w["alive"] for w in workers)
     index = r.replica.status() if r.replica is not None else {"ready": True, "items": 0}
     healthy = store_ok and transport_ok and consumers_ok and index["ready"]
+    store: dict[str, Any] = {"ok": store_ok, "detail": "reachable" if store_ok else "unreachable"}
+    if r.replication is not None:
+        # Reads fall back to the primary while the replica lags: slower, never wrong, so
+        # the replica's state is reported and does not degrade the status.
+        store["replica"] = r.replication.summary()
     return {
         "status": "ok" if healthy else "degraded",
         "index": index,
-        "store": {"ok": store_ok, "detail": "reachable" if store_ok else "unreachable"},
+        "store": store,
         "transport": {"ok": transport_ok, "detail": transport_detail},
         "consumers": {
             "ok": consumers_ok,

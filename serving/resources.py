@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from features.keys import Keys
 from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
+from features.stores.replica import ReplicationLag
 from serving.funnel.live import LiveReader
 from serving.funnel.settings import FunnelSettings
 from streams.io.replica import IndexReplica
@@ -38,6 +39,8 @@ class Resources:
     #: POST /events refuses interactions older than the wall clock minus this, which the
     #: worker would dead-letter as late (its ``allowed_lateness_ms``); None accepts any age.
     max_late_ms: int | None = None
+    #: The read replica's measured lag, when the store reads one (None: the primary only).
+    replication: ReplicationLag | None = None
     live: LiveReader = field(init=False)
     on_close: list[Callable[[], None]] = field(default_factory=list)
 

@@ -48,6 +48,10 @@ class ServingSettings(BaseModel):
     rate_limit_burst: int = Field(1000, ge=1)
     # Keys and addresses whose rate-limit state is kept; the least recently seen go first.
     rate_limit_max_clients: int = Field(10_000, ge=1, le=10_000_000)
+    # With a read replica (redis_replica_url): the lag past which reads go to the primary.
+    max_replica_lag_ms: float = Field(1000.0, gt=0)
+    # With a read replica: ms between lag probes (a SET and a WAIT on the primary each).
+    replica_probe_interval_ms: int = Field(100, ge=10, le=60_000)
     # Browser origins allowed to call the API (CORS); empty: no CORS headers at all.
     cors_origins: list[CorsOrigin] = Field(default_factory=list, max_length=100)
 

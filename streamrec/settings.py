@@ -44,6 +44,9 @@ class ServicesSettings(BaseModel):
     kafka_controller_port: int = Field(9093, ge=1, le=65535)
     # Port of the local Redis server.
     redis_port: int = Field(6379, ge=1, le=65535)
+    # Port of the local Redis read replica (`replicaof` the local server) for the API to
+    # read from; none to run no replica.
+    redis_replica_port: int | None = Field(6380, ge=1, le=65535)
     # Seconds to wait for both services to become ready.
     ready_timeout_s: float = Field(120.0, gt=0)
 
@@ -61,6 +64,9 @@ class Settings(BaseSettings):
     kafka_config: dict[str, str] = Field(default_factory=dict)
     # Redis URL of the live-state store.
     redis_url: str = Field("redis://localhost:6379/0", pattern=r"^(redis|rediss|unix)://")
+    # Redis URL of a read replica of ``redis_url`` for the API's reads (writes stay on the
+    # primary); none: the API reads the primary. `streamrec services up` runs one on 6380.
+    redis_replica_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
     # Prefix of every Redis key, so several deployments or test runs can share a server.
     namespace: str = Field("sr", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     topics: TopicSettings = Field(default_factory=TopicSettings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from features.keys import Keys
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
+from features.stores.replica import ReplicaProbe, ReplicaReadStore, ReplicationLag
 from serving.resources import Resources, TransportProbe
 from streamrec.settings import Settings
 from streams.io.bus import InProcessBus
@@ -105,8 +107,9 @@ def kafka_worker(settings: Settings, worker_id: str | None = None) -> Worker:
 
 
 def kafka_resources(settings: Settings) -> Resources:
-    """Serving resources on Redis, producing to Kafka."""
-    store = RedisStore(settings.redis_url)
+    """Serving resources on Redis (reading its replica when one is configured), producing
+    to Kafka."""
+    store, replication, closers = _serving_store(settings)
     producer = EventProducer(settings.kafka_bootstrap, settings.topics, settings.kafka_config)
     if not store.ping():
         log.error(
@@ -126,8 +129,33 @@ def kafka_resources(settings: Settings) -> Resources:
         producer,
         BrokerProbe(producer.raw),
         replica,
-        closers=[store.close, producer.close],
+        closers=[*closers, store.close, producer.close],
+        replication=replication,
     )
+
+
+def _serving_store(
+    settings: Settings,
+) -> tuple[Store, ReplicationLag | None, list[Callable[[], None]]]:
+    """The store the API reads, the replica's lag when it reads one, and what to stop."""
+    primary = RedisStore(settings.redis_url)
+    if settings.redis_replica_url is None:
+        return primary, None, []
+    serving = settings.serving
+    lag = ReplicationLag(max_lag_ms=serving.max_replica_lag_ms)
+    # A store of its own: WAIT holds its connection for up to the timeout.
+    probes = RedisStore(settings.redis_url)
+    key = Keys(settings.namespace).replica_probe(uuid.uuid4().hex[:12])
+    timeout_ms = max(1, int(serving.max_replica_lag_ms))
+    probe = ReplicaProbe(
+        lambda: probes.replication_lag_ms(key, timeout_ms),
+        lag,
+        interval_s=serving.replica_probe_interval_ms / 1000.0,
+    )
+    probe.start()
+    store = ReplicaReadStore(primary, RedisStore(settings.redis_replica_url), lag)
+    # Close hooks run newest first: the probe stops before its connection closes.
+    return store, lag, [probes.close, probe.stop]
 
 
 def embedded_resources(settings: Settings, bus: InProcessBus, store: InMemoryStore) -> Resources:
@@ -146,6 +174,7 @@ def _started(
     replica: IndexReplica,
     *,
     closers: list[Callable[[], None]],
+    replication: ReplicationLag | None = None,
 ) -> Resources:
     """Resources of either mode, with the index replica following its topic."""
     resources = Resources(
@@ -159,6 +188,7 @@ def _started(
         learning=settings.learning,
         funnel=settings.funnel,
         max_late_ms=settings.worker.allowed_lateness_ms,
+        replication=replication,
     )
     resources.on_close.extend([*closers, replica.stop])
     replica.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -182,6 +183,21 @@ class RedisStore:
         """TTL, with Redis's -1/-2 mapped to None."""
         left = int(self._call("ttl", lambda: self._client.ttl(key)))
         return None if left < 0 else left
+
+    def replication_lag_ms(self, key: str, timeout_ms: int) -> float | None:
+        """How far a replica trails this primary now, in ms: SET ``key`` (expiring in a
+        minute), then ``WAIT`` for one replica to acknowledge it (Redis asks the replicas
+        for their offsets at once). None when none acknowledged within ``timeout_ms``."""
+        started = time.perf_counter()
+
+        def probe() -> Any:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(key, repr(time.time()), px=60_000)
+            pipe.wait(1, timeout_ms)
+            return pipe.execute()[1]
+
+        acknowledged = int(self._call("replication lag", probe))
+        return (time.perf_counter() - started) * 1000.0 if acknowledged >= 1 else None
 
     def ping(self) -> bool:
         """PING; False instead of raising."""

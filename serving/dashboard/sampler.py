@@ -161,7 +161,11 @@ class DashboardSampler:
             for beat in self.r.live.heartbeats().values()
             if now_s - float(beat.get("ts", 0)) <= self.worker_stale_s
         ]
-        return self.rates.update(now_s, beats)
+        stream = self.rates.update(now_s, beats)
+        if self.r.replication is not None:
+            # What the API's reads trail the worker's writes by, on top of freshness.
+            stream["replica"] = self.r.replication.summary()
+        return stream
 
     def _bandit(self, now_s: float) -> dict[str, Any]:
         live = self.r.live

@@ -169,6 +169,7 @@ def run_feed_bench(
     achieved = load.sent / load.elapsed_s if load is not None and load.elapsed_s else None
     figures: dict[str, Any] = {
         "bench": "feed",
+        "reads_from": "replica" if settings.redis_replica_url else "primary",
         "catalog": catalog,
         "k": k,
         "rps": round(feed_rps.rps, 1),

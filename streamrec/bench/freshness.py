@@ -497,7 +497,12 @@ def run_freshness_bench(
         "seconds": seconds,
         "worker_process": worker_process,
     }
-    figures: dict[str, Any] = {"bench": "freshness", **_run_phase(settings, **kwargs)}
+    figures: dict[str, Any] = {
+        "bench": "freshness",
+        # The probes are watched where the API reads (STREAMREC_REDIS_REPLICA_URL).
+        "reads_from": "replica" if settings.redis_replica_url else "primary",
+        **_run_phase(settings, **kwargs),
+    }
     if alt_batch_timeout_ms is not None:
         alt = settings.model_copy(
             update={

@@ -63,7 +63,8 @@ class Watcher(threading.Thread):
         super().__init__(name="freshness-watcher", daemon=True)
         self.keys = Keys(settings.namespace)
         self.trending_key = self.keys.trending(settings.features.half_lives_s[0])
-        self.client = redis.Redis.from_url(settings.redis_url)
+        # What the API reads: the replica when one is configured, so its lag counts too.
+        self.client = redis.Redis.from_url(settings.redis_replica_url or settings.redis_url)
         self.probes, self.items, self.replica = probes, items, replica
         self.backlog = backlog
         self.backlog_samples: list[int] = []

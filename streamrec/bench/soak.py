@@ -188,6 +188,7 @@ def run_soak_bench(
         requests_per_s=requests_per_s,
         missed=max(int(requests_per_s * seconds) - len(samples), 0),
     )
+    figures["reads_from"] = "replica" if settings.redis_replica_url else "primary"
     table = {
         f"minute {r['minute']}": orjson.dumps(
             {k: v for k, v in r.items() if k != "minute"}

@@ -43,7 +43,7 @@ from streamrec.services.lifecycle import (
     services_up,
 )
 from streamrec.services.process import failure_reason
-from streamrec.services.redis import redis_command
+from streamrec.services.redis import redis_command, replica_command
 
 __all__ = [
     "KAFKA_ENV",
@@ -64,6 +64,7 @@ __all__ = [
     "parse_host_port",
     "redact_url",
     "redis_command",
+    "replica_command",
     "services_down",
     "services_status",
     "services_up",

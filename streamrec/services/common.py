@@ -51,6 +51,9 @@ class Layout:
     redis_dir: Path
     redis_log: Path
     redis_pid: Path
+    replica_dir: Path
+    replica_log: Path
+    replica_pid: Path
     lock: Path
 
 
@@ -72,6 +75,9 @@ def layout(services: ServicesSettings) -> Layout:
         redis_dir=redis_dir,
         redis_log=redis_dir / "redis.log",
         redis_pid=redis_dir / "redis.pid",
+        replica_dir=root / "redis-replica",
+        replica_log=root / "redis-replica" / "redis.log",
+        replica_pid=root / "redis-replica" / "redis.pid",
         lock=root / "services.lock",
     )
 

@@ -28,7 +28,12 @@ from streamrec.services.process import (
     stop_process,
     write_pid,
 )
-from streamrec.services.redis import redis_answers, start_redis
+from streamrec.services.redis import (
+    redis_answers,
+    replica_in_sync,
+    start_redis,
+    start_redis_replica,
+)
 from streamrec.settings import Settings
 
 _PROBE_TIMEOUT_S = 5.0
@@ -68,7 +73,7 @@ def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
     redis_url = (
         f"redis://localhost:{services.redis_port}/0" if redis_managed else settings.redis_url
     )
-    return [
+    found = [
         _Service(
             name="kafka",
             env_var=KAFKA_ENV,
@@ -92,6 +97,24 @@ def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
             start=lambda: start_redis(services, paths),
         ),
     ]
+    # A replica of someone else's Redis is theirs to run: they give its URL themselves.
+    if redis_managed and services.redis_replica_port is not None:
+        replica_url = f"redis://localhost:{services.redis_replica_port}/0"
+        found.append(
+            _Service(
+                name="redis-replica",
+                env_var=REDIS_ENV,
+                managed=True,
+                endpoint=replica_url,
+                # Ready once it holds a copy: an API started next reads no empty replica.
+                probe=lambda timeout: replica_in_sync(replica_url, timeout),
+                pidfile=paths.replica_pid,
+                log_file=paths.replica_log,
+                marker="redis-server",
+                start=lambda: start_redis_replica(services, paths),
+            )
+        )
+    return found
 
 
 def _wait_ready(service: _Service, pid: int, deadline: float, timeout_s: float) -> None:

@@ -29,6 +29,26 @@ def redis_command(
         "--daemonize", "no",
         "--pidfile", str(paths.redis_pid),
         "--logfile", str(paths.redis_log),
+        # A replica that (re)connects gets its copy now, not after the default 5 s wait.
+        "--repl-diskless-sync-delay", "0",
+    ]  # fmt: skip
+
+
+def replica_command(redis_server: str, port: int, primary_port: int, paths: Layout) -> list[str]:
+    """The command line of the read replica: ``replicaof`` the local server, read-only, and
+    nothing on disk (it copies the primary whenever it starts)."""
+    return [
+        redis_server,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--replicaof", "127.0.0.1", str(primary_port),
+        "--replica-read-only", "yes",
+        "--dir", str(paths.replica_dir),
+        "--appendonly", "no",
+        "--save", "",
+        "--daemonize", "no",
+        "--pidfile", str(paths.replica_pid),
+        "--logfile", str(paths.replica_log),
     ]  # fmt: skip
 
 
@@ -43,14 +63,47 @@ def redis_answers(url: str, timeout: float) -> bool:
         client.close()
 
 
-def start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool = True) -> int:
+def replica_in_sync(url: str, timeout: float) -> bool:
+    """Whether a Redis replica answers and its link to the primary is up (it holds a copy)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        info = client.info("replication")
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _redis_server() -> str:
     server = shutil.which("redis-server")
     if server is None:
         raise ServiceError(
             "redis-server not found on PATH; install it with `apt-get install redis-server`"
         )
+    return server
+
+
+def start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool = True) -> int:
+    server = _redis_server()
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
     rotate_log(paths.redis_log)
     log.info("starting Redis on localhost:%d", services.redis_port)
     argv = redis_command(server, services.redis_port, paths, persistent=persistent)
     return spawn(argv, paths.redis_log)
+
+
+def start_redis_replica(services: ServicesSettings, paths: Layout) -> int:
+    """Start the read replica of the local Redis on ``services.redis_replica_port``."""
+    if services.redis_replica_port is None:
+        raise ServiceError("no replica port is configured (services.redis_replica_port)")
+    server = _redis_server()
+    paths.replica_dir.mkdir(parents=True, exist_ok=True)
+    rotate_log(paths.replica_log)
+    log.info(
+        "starting a Redis replica on localhost:%d (of :%d)",
+        services.redis_replica_port,
+        services.redis_port,
+    )
+    argv = replica_command(server, services.redis_replica_port, services.redis_port, paths)
+    return spawn(argv, paths.replica_log)

@@ -56,6 +56,13 @@ def test_compose_has_the_stack_and_points_streamrec_at_it() -> None:
             assert _is_setting(variable), f"{name} sets {variable}, which no setting reads"
     assert services["api"]["command"][:2] == ["streamrec", "serve"]
     assert services["worker"]["command"] == ["streamrec", "worker"]
+    # The API reads a real replica of the primary; the worker writes the primary only.
+    replica = services["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1] == "redis"
+    assert services["api"]["environment"]["STREAMREC_REDIS_REPLICA_URL"].startswith(
+        "redis://redis-replica:"
+    )
+    assert "STREAMREC_REDIS_REPLICA_URL" not in services["worker"]["environment"]
 
 
 @pytest.mark.skipif(_compose_command() is None, reason="no docker compose client installed")

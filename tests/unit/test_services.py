@@ -31,6 +31,7 @@ from streamrec.services import (
     parse_host_port,
     redact_url,
     redis_command,
+    replica_command,
     services_down,
     services_status,
     services_up,
@@ -62,6 +63,7 @@ def local_settings(
         kafka_port=free_port(),
         kafka_controller_port=free_port(),
         redis_port=free_port(),
+        redis_replica_port=free_port(),
         ready_timeout_s=20,
     )
     return Settings(services=services, kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
@@ -195,6 +197,14 @@ def test_commands(tmp_path: Path) -> None:
     assert server[server.index("--save") + 1] == ""  # no RDB snapshots; the AOF is enough
     assert server[server.index("--dir") + 1] == str(paths.redis_dir)
 
+    copy = replica_command("redis-server", 16380, 16379, paths)
+    assert copy[copy.index("--replicaof") + 1 : copy.index("--replicaof") + 3] == [
+        "127.0.0.1",
+        "16379",
+    ]
+    assert copy[copy.index("--appendonly") + 1] == "no"  # it copies the primary at each start
+    assert copy[copy.index("--dir") + 1] == str(paths.replica_dir) != str(paths.redis_dir)
+
 
 def test_failure_reason_picks_the_root_cause(tmp_path: Path) -> None:
     log = tmp_path / "kafka.log"
@@ -245,6 +255,7 @@ def test_down_when_nothing_runs_is_fine_and_creates_nothing(tmp_path: Path) -> N
         assert [(s.name, s.managed, s.running, s.detail) for s in report] == [
             ("kafka", True, False, "not running"),
             ("redis", True, False, "not running"),
+            ("redis-replica", True, False, "not running"),
         ]
     assert not (tmp_path / "sr").exists()
 
@@ -258,7 +269,7 @@ def test_down_never_signals_a_process_that_merely_reuses_a_recorded_pid(tmp_path
         for pidfile in (paths.kafka_pid, paths.redis_pid):
             pidfile.parent.mkdir(parents=True, exist_ok=True)
             pidfile.write_text(f"{bystander.pid}\n")
-        assert [s.detail for s in services_down(settings)] == ["not running", "not running"]
+        assert [s.detail for s in services_down(settings)] == ["not running"] * 3
         assert bystander.poll() is None
         assert not paths.kafka_pid.exists() and not paths.redis_pid.exists()
     finally:
@@ -340,3 +351,29 @@ def test_someone_elses_redis_on_our_port_is_used_and_left_alone(
     finally:
         theirs.terminate()
         theirs.wait()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+@pytest.mark.usefixtures("closed_kafka")
+def test_the_replica_copies_the_primary_refuses_writes_and_stops_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(REDIS_ENV, raising=False)
+    settings = local_settings(tmp_path / "sr")
+    primary = redis.Redis(port=settings.services.redis_port)
+    replica = redis.Redis(port=settings.services.redis_replica_port or 0)
+    try:
+        rows = services_up(settings)
+        assert [(r.name, r.running) for r in rows[1:]] == [("redis", True), ("redis-replica", True)]
+        primary.set("probe", "copied")
+        assert primary.wait(1, 5_000) == 1  # the replica acknowledged the write
+        assert replica.get("probe") == b"copied"
+        with pytest.raises(redis.ReadOnlyError):
+            replica.set("probe", "written on the replica")
+        down = services_down(settings)
+        assert [(r.name, r.running) for r in down[1:]] == [
+            ("redis", False),
+            ("redis-replica", False),
+        ]
+    finally:
+        services_down(settings)

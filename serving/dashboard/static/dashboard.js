@@ -743,14 +743,21 @@
     var last = latest();
     var st = last ? stream(last) : {};
     var fresh = obj(st.freshness_ms);
-    kpis(byId("stream-kpis"), [
+    var rows = [
       ["Events in /s", fmt(totalEvents(st)), "events"],
       ["Lag", fmt(totalLag(st)), "lag"],
       ["Dead-lettered", fmt(num(st.dead_lettered)), "dead-letter"],
       ["Freshness p50", fmtMs(fresh.p50), "freshness-p50"],
       ["Freshness p99", fmtMs(fresh.p99), "freshness-p99"],
       ["Workers", fmt(num(st.workers)), "workers"],
-    ]);
+    ];
+    // Only with a read replica: how far the API's reads trail the primary, and which it reads.
+    if (st.replica) {
+      var replica = obj(st.replica);
+      rows.push(["Replica lag p99", fmtMs(replica.p99_ms), "replica-lag"]);
+      rows.push(["Reads from", String(replica.reading || "-"), "replica-reading"]);
+    }
+    kpis(byId("stream-kpis"), rows);
 
     var types = keysOver(buffer, function (s) {
       return stream(s).events_per_s;
@@ -798,7 +805,11 @@
       series: [
         { name: "p50", points: points(function (s) { return obj(stream(s).freshness_ms).p50; }) },
         { name: "p99", dashed: true, points: points(function (s) { return obj(stream(s).freshness_ms).p99; }) },
-      ],
+      ].concat(
+        st.replica
+          ? [{ name: "replica lag", points: points(function (s) { return obj(stream(s).replica).last_ms; }) }]
+          : []
+      ),
       format: fmtMs,
     });
   }
