@@ -47,7 +47,6 @@ class ReplicationLag:
         self.max_lag_ms = max_lag_ms
         self._samples: deque[float] = deque(maxlen=window)
         self._last: float | None = None
-        self._measured = False
         self._unacknowledged = 0
         self._failed_reads = 0
         self._lock = threading.Lock()
@@ -55,7 +54,6 @@ class ReplicationLag:
     def record(self, lag_ms: float | None) -> None:
         """One probe's lag, or None when no replica acknowledged within its timeout."""
         with self._lock:
-            self._measured = True
             self._last = lag_ms
             if lag_ms is None:
                 self._unacknowledged += 1
@@ -78,7 +76,7 @@ class ReplicationLag:
         """JSON-ready figures: the last lag, p50 and p99 of the window, what is read."""
         with self._lock:
             ordered = sorted(self._samples)
-            last, measured = self._last, self._measured
+            last = self._last
             unacknowledged, failed = self._unacknowledged, self._failed_reads
         return {
             "reading": "replica" if self.fresh else "primary",
@@ -87,7 +85,7 @@ class ReplicationLag:
             "p99_ms": _quantile(ordered, 0.99),
             "max_lag_ms": self.max_lag_ms,
             "samples": len(ordered),
-            "measured": measured,
+            "measured": bool(ordered) or unacknowledged > 0,
             "unacknowledged": unacknowledged,
             "failed_reads": failed,
         }

@@ -32,7 +32,7 @@ import numpy as np
 from streamrec.bench.feed_servers import ServerProcess, free_port, run_load
 from streamrec.bench.freshness import WorkerRun, partition_ends
 from streamrec.bench.freshness_parts import Load
-from streamrec.bench.isolation import cleanup, isolated_settings
+from streamrec.bench.isolation import cleanup, isolated_settings, reads_from
 from streamrec.bench.latency import percentile
 from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
@@ -169,7 +169,7 @@ def run_feed_bench(
     achieved = load.sent / load.elapsed_s if load is not None and load.elapsed_s else None
     figures: dict[str, Any] = {
         "bench": "feed",
-        "reads_from": "replica" if settings.redis_replica_url else "primary",
+        "reads_from": reads_from(settings),
         "catalog": catalog,
         "k": k,
         "rps": round(feed_rps.rps, 1),

@@ -67,7 +67,7 @@ from streamrec.bench.freshness_parts import (
     Watcher,
     probe_item,
 )
-from streamrec.bench.isolation import cleanup, isolated_settings
+from streamrec.bench.isolation import cleanup, isolated_settings, reads_from
 from streamrec.bench.latency import latency_figures, schedule
 from streamrec.bench.report import print_table
 from streamrec.services import ensure_services
@@ -500,7 +500,7 @@ def run_freshness_bench(
     figures: dict[str, Any] = {
         "bench": "freshness",
         # The probes are watched where the API reads (STREAMREC_REDIS_REPLICA_URL).
-        "reads_from": "replica" if settings.redis_replica_url else "primary",
+        "reads_from": reads_from(settings),
         **_run_phase(settings, **kwargs),
     }
     if alt_batch_timeout_ms is not None:

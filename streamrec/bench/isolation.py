@@ -28,6 +28,11 @@ def isolated_settings(settings: Settings, run_id: str) -> Settings:
     return settings.model_copy(update={"topics": topics, "worker": worker, "namespace": prefix})
 
 
+def reads_from(settings: Settings) -> str:
+    """Where the API of a run reads live state: "replica" when one is configured."""
+    return "replica" if settings.redis_replica_url else "primary"
+
+
 def cleanup(settings: Settings) -> None:
     """Delete the run's topics and Redis keys (best effort: a benchmark result matters more)."""
     admin = AdminClient(client_config(settings.kafka_bootstrap, settings.kafka_config))

@@ -44,7 +44,7 @@ from streamrec.bench.feed import SETUP_TIMEOUT_S, prepare_run, seed_world
 from streamrec.bench.feed_servers import ServerProcess
 from streamrec.bench.freshness import WorkerRun
 from streamrec.bench.freshness_parts import Load
-from streamrec.bench.isolation import cleanup
+from streamrec.bench.isolation import cleanup, reads_from
 from streamrec.bench.latency import percentile
 from streamrec.bench.report import print_table
 from streamrec.bench.soak_probe import Probe, rss_bytes
@@ -188,7 +188,7 @@ def run_soak_bench(
         requests_per_s=requests_per_s,
         missed=max(int(requests_per_s * seconds) - len(samples), 0),
     )
-    figures["reads_from"] = "replica" if settings.redis_replica_url else "primary"
+    figures["reads_from"] = reads_from(settings)
     table = {
         f"minute {r['minute']}": orjson.dumps(
             {k: v for k, v in r.items() if k != "minute"}

@@ -98,8 +98,9 @@ def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
         ),
     ]
     # A replica of someone else's Redis is theirs to run: they give its URL themselves.
-    if redis_managed and services.redis_replica_port is not None:
-        replica_url = f"redis://localhost:{services.redis_replica_port}/0"
+    replica_port = services.redis_replica_port
+    if redis_managed and replica_port is not None:
+        replica_url = f"redis://localhost:{replica_port}/0"
         found.append(
             _Service(
                 name="redis-replica",
@@ -111,7 +112,7 @@ def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
                 pidfile=paths.replica_pid,
                 log_file=paths.replica_log,
                 marker="redis-server",
-                start=lambda: start_redis_replica(services, paths),
+                start=lambda: start_redis_replica(replica_port, services.redis_port, paths),
             )
         )
     return found

@@ -93,17 +93,11 @@ def start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool =
     return spawn(argv, paths.redis_log)
 
 
-def start_redis_replica(services: ServicesSettings, paths: Layout) -> int:
-    """Start the read replica of the local Redis on ``services.redis_replica_port``."""
-    if services.redis_replica_port is None:
-        raise ServiceError("no replica port is configured (services.redis_replica_port)")
+def start_redis_replica(port: int, primary_port: int, paths: Layout) -> int:
+    """Start a read replica of the local Redis (on ``primary_port``) on ``port``."""
     server = _redis_server()
     paths.replica_dir.mkdir(parents=True, exist_ok=True)
     rotate_log(paths.replica_log)
-    log.info(
-        "starting a Redis replica on localhost:%d (of :%d)",
-        services.redis_replica_port,
-        services.redis_port,
-    )
-    argv = replica_command(server, services.redis_replica_port, services.redis_port, paths)
+    log.info("starting a Redis replica on localhost:%d (of :%d)", port, primary_port)
+    argv = replica_command(server, port, primary_port, paths)
     return spawn(argv, paths.replica_log)
