@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
+import orjson
 
 from features.batch import WriteBatch
 from features.keys import Keys
@@ -204,3 +206,47 @@ def decode_many(raws: Mapping[str, bytes | None]) -> dict[str, OpenImpression]:
         if record is not None:
             out[request_id] = record
     return out
+
+
+#: Joins the fields of a parked click's member. Ids cannot hold control characters (the
+#: event schema refuses them), so the member splits back unambiguously.
+_PENDING_SEP = "\x1f"
+
+
+class PendingClick(NamedTuple):
+    """A click parked until the feed it came from is opened."""
+
+    request_id: str | None
+    item_id: str
+    ts_ms: int
+
+
+def pending_member(item_id: str, event_id: str, request_id: str | None) -> str:
+    """The sorted-set member of a parked click; its event time is the member's score.
+
+    A parked click costs the user's set ~15 bytes plus its ids, where the JSON array it
+    replaced (which repeated the time) cost ~30 more.
+
+    Examples:
+        >>> member = pending_member("i7", "e1", None)
+        >>> parse_pending(member, 1_000.0)
+        PendingClick(request_id=None, item_id='i7', ts_ms=1000)
+        >>> parse_pending(pending_member("i7", "e2", "r9"), 2_000.0).request_id
+        'r9'
+
+        Members parked before this format (JSON arrays) still parse:
+
+        >>> parse_pending('["r9","i7",1000,"e1"]', 1_000.0)
+        PendingClick(request_id='r9', item_id='i7', ts_ms=1000)
+    """
+    parts = (item_id, event_id) if request_id is None else (item_id, event_id, request_id)
+    return _PENDING_SEP.join(parts)
+
+
+def parse_pending(member: str, score: float) -> PendingClick:
+    """The click a :func:`pending_member` (scored by event time) stands for."""
+    if _PENDING_SEP not in member:
+        request_id, item_id, ts, _event_id = orjson.loads(member)
+        return PendingClick(request_id, item_id, int(ts))
+    item_id, _event_id, *request = member.split(_PENDING_SEP)
+    return PendingClick(request[0] if request else None, item_id, int(score))

@@ -126,8 +126,9 @@ class Keys:
         return f"{self._prefix}:imp-rec:{request_id}"
 
     def pending_clicks(self, user_id: str) -> str:
-        """Sorted set of a user's clicks that arrived before the feed they came from (JSON
-        members, scored by event time), waiting for its impression."""
+        """Sorted set of a user's clicks that arrived before the feed they came from
+        (``attribution.pending_member`` members, scored by event time), waiting for its
+        impression."""
         return f"{self._prefix}:imp-pend:{user_id}"
 
     def impressions_due(self, partition: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -114,9 +115,9 @@ class InMemoryStore:
                     self._high.pop(key, None)
             case ZScale(key, factor):
                 self._scale(key, factor)
-            case ZScalePrefix(prefix, factor):
+            case ZScalePrefix(prefix, factor, integral):
                 for key in [k for k in self._zsets if k.startswith(prefix)]:
-                    self._scale(key, factor)
+                    self._scale(key, factor, integral=integral)
             case HSet(key, fields):
                 self._expire_if_due(key)
                 self._hashes.setdefault(key, {}).update(fields)
@@ -163,11 +164,16 @@ class InMemoryStore:
         self._values.pop(key, None)
         self._expiry.pop(key, None)
 
-    def _scale(self, key: str, factor: float) -> None:
+    def _scale(self, key: str, factor: float, *, integral: bool = False) -> None:
         zset = self._live_zset(key)
         if zset is not None:
-            for member in zset:
-                zset[member] *= factor
+            for member in list(zset):
+                if not integral:
+                    zset[member] *= factor
+                elif (scaled := math.floor(zset[member] * factor + 0.5)) >= 1:
+                    zset[member] = float(scaled)
+                else:
+                    del zset[member]
             self._low.pop(key, None)
             self._high.pop(key, None)
 

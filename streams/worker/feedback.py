@@ -18,8 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import orjson
-
 from features.attribution import (
     Attribution,
     Labelled,
@@ -27,6 +25,8 @@ from features.attribution import (
     OpenSlot,
     decode_many,
     pack_features,
+    parse_pending,
+    pending_member,
 )
 from features.bandit import Outcome, SourceBandit
 from features.batch import WriteBatch
@@ -60,12 +60,6 @@ def open_record(impression: Impression) -> OpenImpression:
         ],
         list(impression.feature_names or []),
     )
-
-
-def _decode_pending(member: str) -> tuple[str | None, str, int]:
-    """(request id, item, event time) of a pending click."""
-    request_id, item_id, ts, _event_id = orjson.loads(member)
-    return request_id, item_id, int(ts)
 
 
 @dataclass
@@ -189,8 +183,8 @@ class FeedbackProcessor:
         for user, key, row in zip(users, keys, rows, strict=True):
             mine = {r.request_id: r for r in by_user[user]}
             done: list[str] = []
-            for member, _ in sorted(row, key=lambda pair: (pair[1], pair[0])):
-                request_id, item_id, ts = _decode_pending(member)
+            for member, score in sorted(row, key=lambda pair: (pair[1], pair[0])):
+                request_id, item_id, ts = parse_pending(member, score)
                 found: OpenImpression | None = (
                     mine.get(request_id)
                     if request_id is not None
@@ -257,10 +251,7 @@ class FeedbackProcessor:
         and batch (trimming once to the best ``max_open_impressions`` keeps what trimming
         after each click would)."""
         key = self.keys.pending_clicks(user)
-        members = {
-            orjson.dumps([c.request_id, c.item_id, c.ts, c.event_id]).decode(): float(c.ts)
-            for c in clicks
-        }
+        members = {pending_member(c.item_id, c.event_id, c.request_id): float(c.ts) for c in clicks}
         batch.zadd(key, members)
         batch.zkeeptop(key, self.settings.max_open_impressions)
         batch.expire(key, self.attribution.record_ttl_s)
