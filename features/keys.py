@@ -64,7 +64,7 @@ class Keys:
         return f"{self._prefix}:items:fresh"
 
     def item_embedding(self, item_id: str) -> str:
-        """float32 bytes of an item's embedding."""
+        """float16 bytes of an item's unit embedding (``embeddings.stored_vector``)."""
         return f"{self._prefix}:emb:{item_id}"
 
     def covisitation(self, item_id: str) -> str:
@@ -99,10 +99,10 @@ class Keys:
         """Hash of partition → highest event time (ms) applied, for the lateness rule."""
         return f"{self._prefix}:watermarks:{topic}"
 
-    def event_ids(self, topic: str, partition: int) -> str:
-        """Sorted set of the event ids a partition applied recently, scored by event time
-        (ms): a re-sent event is recognised by its id."""
-        return f"{self._prefix}:eids:{topic}:{partition}"
+    def event_ids(self, topic: str, partition: int, bucket: int) -> str:
+        """Sorted set of one bucket (by id hash) of the event ids a partition applied
+        recently, scored by event time (ms): a re-sent event is recognised by its id."""
+        return f"{self._prefix}:eids:{topic}:{partition}:{bucket}"
 
     def bandit(self, segment: str) -> str:
         """Sorted set of one context segment's forward-decayed impressions and rewards per

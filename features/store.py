@@ -45,6 +45,11 @@ class Store(Protocol):
         where the backend allows (a feed's user state)."""
         ...
 
+    def zscores_each(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """The score of each (key, member), None when absent, in one round trip where the
+        backend allows."""
+        ...
+
     def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
         """:meth:`zscores` of several keys for the same members, in one round trip where the
         backend allows."""

@@ -264,6 +264,11 @@ class InMemoryStore:
         """:meth:`get_bytes` and :meth:`top_many` together."""
         return self.get_bytes(value_keys), self.top_many(top_keys, k)
 
+    def zscores_each(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """Score of each (key, member); None for the absent."""
+        with self._lock:
+            return [(self._live_zset(key) or {}).get(member) for key, member in pairs]
+
     def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
         """:meth:`zscores` of several keys."""
         return [self.zscores(key, members) for key in keys]

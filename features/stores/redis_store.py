@@ -127,6 +127,23 @@ class RedisStore:
         )
         return [None if s is None else float(s) for s in rows]
 
+    def zscores_each(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """One ZMSCORE per distinct key, pipelined in one round trip."""
+        by_key: dict[str, list[int]] = {}
+        for index, (key, _member) in enumerate(pairs):
+            by_key.setdefault(key, []).append(index)
+        if not by_key:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for key, indices in by_key.items():
+            pipe.zmscore(key, [pairs[i][1] for i in indices])
+        rows: list[list[bytes | None]] = self._call("zscores_each", pipe.execute)
+        out: list[float | None] = [None] * len(pairs)
+        for indices, scores in zip(by_key.values(), rows, strict=True):
+            for i, score in zip(indices, scores, strict=True):
+                out[i] = None if score is None else float(score)
+        return out
+
     def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
         """ZMSCORE of the same members in several keys, in one script call."""
         out: list[list[float | None]] = [[] for _ in keys]

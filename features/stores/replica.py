@@ -193,6 +193,10 @@ class ReplicaReadStore:
         """See :meth:`features.store.Store.values_and_tops`."""
         return self._read(lambda s: s.values_and_tops(value_keys, top_keys, k))
 
+    def zscores_each(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """See :meth:`features.store.Store.zscores_each`."""
+        return self._read(lambda s: s.zscores_each(pairs))
+
     def zscores_many(self, keys: Sequence[str], members: Sequence[str]) -> list[list[float | None]]:
         """See :meth:`features.store.Store.zscores_many`."""
         return self._read(lambda s: s.zscores_many(keys, members))

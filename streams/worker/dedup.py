@@ -8,14 +8,20 @@ neither remember an id whose event was lost nor forget one whose event counted.
 
 A re-send carries its original event time. A copy counts as a re-send when the partition
 applied the id at an event time within ``window_ms`` of the partition's event time at the
-copy (its running watermark), whether the first copy came in this batch or an earlier one;
-the ids are trimmed by the same rule as the watermark moves, so where batches are cut never
-changes the verdict. An event accepted later than the window (the allowed lateness can be
-longer) is not remembered, so a re-send of it counts again.
+copy (its running watermark), whether the first copy came in this batch or an earlier one.
+An event accepted later than the window (the allowed lateness can be longer) is not
+remembered, so a re-send of it counts again.
+
+A partition's ids are spread over :data:`ID_BUCKETS` sorted sets by a hash of the id. One
+set of them all grew past Redis's compact encoding and cost ~100 bytes an id; buckets of up
+to 128 ids stay compact at ~20 bytes plus the id. A bucket is trimmed to the window whenever
+a batch writes to it; ids it still holds past the window are ignored by the verdict, so
+where batches are cut never changes it.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -26,6 +32,20 @@ from features.store import Store
 
 #: For one partition, the event time (ms) at which each id was applied, None if it was not.
 KnownIds = Callable[[int, list[str]], Sequence[float | None]]
+
+#: Sorted sets per partition. Fixed, since it decides where an id is looked up: a
+#: partition's window of up to ~8,000 ids stays in the compact encoding.
+ID_BUCKETS = 64
+
+
+def bucket_of(event_id: str) -> int:
+    """The bucket of an id: a hash that is the same in every process and run.
+
+    Examples:
+        >>> bucket_of("e1"), bucket_of("e1") == bucket_of("e1")
+        (39, True)
+    """
+    return zlib.crc32(event_id.encode()) % ID_BUCKETS
 
 
 class Candidate(NamedTuple):
@@ -73,13 +93,13 @@ class EventIdFilter:
         """False when the window is 0: only offsets deduplicate."""
         return self.window_ms > 0
 
-    def key(self, partition: int) -> str:
-        """The sorted set of a partition's recent ids."""
-        return self.keys.event_ids(self.topic, partition)
+    def key(self, partition: int, event_id: str) -> str:
+        """The sorted set that holds ``event_id`` if ``partition`` applied it recently."""
+        return self.keys.event_ids(self.topic, partition, bucket_of(event_id))
 
     def stored_in(self, store: Store) -> KnownIds:
-        """A :data:`KnownIds` that asks the store (one read per partition)."""
-        return lambda partition, ids: store.zscores(self.key(partition), ids)
+        """A :data:`KnownIds` that asks the store (one round trip per partition)."""
+        return lambda partition, ids: store.zscores_each([(self.key(partition, i), i) for i in ids])
 
     def duplicates(self, batch: Sequence[Candidate], known: KnownIds) -> list[bool]:
         """For each candidate in offset order: True if its partition applied the id (as
@@ -112,8 +132,8 @@ class EventIdFilter:
         applied: Mapping[int, Mapping[str, int]],
         watermarks: Mapping[int, int],
     ) -> None:
-        """Write each partition's applied ids (event time ms by id) and trim the ids that
-        fell out of the window behind its watermark."""
+        """Write each partition's applied ids (event time ms by id), trimming each bucket
+        written to the window behind the partition's watermark."""
         if not self.enabled:
             return
         for partition, ids in applied.items():
@@ -121,6 +141,12 @@ class EventIdFilter:
             if mark is None:
                 continue  # no event time yet: cannot happen for a batch that applied ids
             cutoff = mark - self.window_ms
-            key = self.key(partition)
-            batch.zadd(key, {i: float(ts) for i, ts in ids.items() if ts >= cutoff})
-            batch.zrem_below(key, cutoff)
+            buckets: dict[str, dict[str, float]] = defaultdict(dict)
+            for event_id, ts in ids.items():
+                if ts >= cutoff:
+                    buckets[self.key(partition, event_id)][event_id] = float(ts)
+            for key in sorted(buckets):
+                # Trimmed first: a bucket that passes 128 ids even for a moment keeps the
+                # large encoding for good.
+                batch.zrem_below(key, cutoff)
+                batch.zadd(key, buckets[key])

@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from features.batch import (
     Delete,
     Expire,
@@ -32,6 +30,7 @@ from features.batch import (
     ZRemBelow,
     ZScalePrefix,
 )
+from features.embeddings import stored_vector_from
 from features.keys import Keys
 from streams.io.transport import TopicPartition
 
@@ -99,7 +98,7 @@ class StateCache:
                 self._absorb_fields(op, families)
             elif key.startswith(families.vectors):
                 if isinstance(op, SetBytes):
-                    vector = np.frombuffer(op.value, dtype=np.float32)
+                    vector = stored_vector_from(op.value)
                     self.put_item("vector", key[len(families.vectors) :], vector)
                 elif isinstance(op, Delete):
                     self.put_item("vector", key[len(families.vectors) :], None)

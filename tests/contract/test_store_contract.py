@@ -250,7 +250,7 @@ def test_lowest_follows_rescores_and_removals(store: Store, keys: Keys) -> None:
 
 
 def test_rem_below_drops_lower_scores_only(store: Store, keys: Keys) -> None:
-    ids = keys.event_ids("t", 0)
+    ids = keys.event_ids("t", 0, 0)
     t = 1_700_000_000_123  # millisecond times: must not round on the way through Lua
     commit(store, lambda b: b.zadd(ids, {"a": t - 1, "b": t, "c": t + 1}))
     commit(store, lambda b: b.zrem_below(ids, t))
@@ -258,8 +258,16 @@ def test_rem_below_drops_lower_scores_only(store: Store, keys: Keys) -> None:
     commit(store, lambda b: b.zadd(ids, {"b": t + 5}))  # rescored: the old score is gone
     commit(store, lambda b: b.zrem_below(ids, t + 2))
     assert store.zscores(ids, ["b", "c"]) == [float(t + 5), None]
-    commit(store, lambda b: b.zrem_below(keys.event_ids("t", 9), t))  # absent key: no-op
-    assert store.zcard(keys.event_ids("t", 9)) == 0
+    commit(store, lambda b: b.zrem_below(keys.event_ids("t", 9, 0), t))  # absent key: no-op
+    assert store.zcard(keys.event_ids("t", 9, 0)) == 0
+
+
+def test_scores_of_members_in_several_keys(store: Store, keys: Keys) -> None:
+    a, b = keys.event_ids("t", 0, 1), keys.event_ids("t", 0, 2)
+    commit(store, lambda w: (w.zadd(a, {"x": 1.0, "y": 2.0}), w.zadd(b, {"x": 3.0})))
+    pairs = [(a, "y"), (b, "x"), (a, "x"), (b, "y"), (keys.event_ids("t", 5, 0), "x")]
+    assert store.zscores_each(pairs) == [2.0, 3.0, 1.0, None, None]
+    assert store.zscores_each([]) == []
 
 
 def test_set_bytes_with_a_ttl(store: Store, keys: Keys) -> None:
