@@ -62,9 +62,6 @@ class ZScalePrefix:
 
     prefix: str
     factor: float
-    #: Round each scaled score to the nearest integer and drop members that reach 0: for
-    #: families stored as integer counts (co-visitation), which Redis keeps in a few bytes.
-    integral: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +186,9 @@ class WriteBatch:
         """Multiply every score of a sorted set."""
         self._append(ZScale(key, factor))
 
-    def zscale_prefix(self, prefix: str, factor: float, *, integral: bool = False) -> None:
-        """Multiply every score of every sorted set under ``prefix`` (``integral``: then round
-        to whole numbers, dropping members that round to 0)."""
-        self._append(ZScalePrefix(prefix, factor, integral))
+    def zscale_prefix(self, prefix: str, factor: float) -> None:
+        """Multiply every score of every sorted set under ``prefix``."""
+        self._append(ZScalePrefix(prefix, factor))
 
     def hset(self, key: str, fields: Mapping[str, str]) -> None:
         """Set hash fields."""

@@ -3,45 +3,20 @@ forward-decayed, with a bounded list of best neighbours per item."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from features.batch import WriteBatch
-from features.decay import LN2, decay_rate, forward_weight
+from features.decay import decay_rate, forward_weight
 from features.keys import Keys
 from features.landmarks import Ranked, batch_landmark, decayed, landmark_factor
 from features.settings import FeatureSettings
 from features.store import Store
 
 #: Field of the landmarks hash for co-visitation. It moves like the other families' when an
-#: event would push the stored exponent past :data:`MAX_EXPONENT`: one script rescales every
-#: item's row in the same commit (``zscale_prefix``, rounding to whole units).
+#: event would push the stored exponent too far (every ~35 years of event time at the 30-day
+#: half-life): one script rescales every item's row in the same commit (``zscale_prefix``).
 FAMILY = "covis"
-
-#: Stored counts are whole numbers of 1/65,536 of an event. Redis keeps an integer score of a
-#: small sorted set in 3-5 bytes where a float takes ~19 (its 17-digit text); neighbour
-#: lists are the largest per-item state, and this halves them. Each increment is rounded
-#: (an error below 1e-5 of one fresh event), and so is each rescale.
-COUNT_SCALE = 65_536.0
-
-#: The stored exponent stays below 15 half-lives (the landmark moves about every 15
-#: half-lives of event time, 450 days at the 30-day default), so one fresh event is at most
-#: 2^31 units and sums stay exact integers in float64 (2^52) for 2 million such events a pair.
-MAX_EXPONENT = 15 * LN2
-
-
-def stored_count(t_s: float, landmark_s: float, rate: float) -> float:
-    """What one co-visit at ``t_s`` adds to a pair's stored count: whole units.
-
-    Examples:
-        >>> from features.decay import decay_rate
-        >>> stored_count(0.0, 0.0, decay_rate(60.0)), stored_count(60.0, 0.0, decay_rate(60.0))
-        (65536.0, 131072.0)
-        >>> stored_count(-1200.0, 0.0, decay_rate(60.0))  # 20 half-lives before the landmark
-        0.0
-    """
-    return float(math.floor(forward_weight(COUNT_SCALE, t_s, landmark_s, rate) + 0.5))
 
 
 class Visit(NamedTuple):
@@ -126,18 +101,13 @@ class Covisitation:
             FAMILY,
             self.rate,
             (min(times), max(times)),
-            lambda factor: batch.zscale_prefix(
-                self.keys.covisitation_prefix(), factor, integral=True
-            ),
-            MAX_EXPONENT,
+            lambda factor: batch.zscale_prefix(self.keys.covisitation_prefix(), factor),
         )
         # item -> neighbour -> amount, merged in plain dicts before touching the batch.
         pairs: dict[str, dict[str, float]] = {}
         for user, user_visits in visits.items():
             for item, neighbours, ts_ms in self._pairs(history.get(user, ()), user_visits):
-                amount = stored_count(ts_ms / 1000.0, landmark, self.rate)
-                if amount == 0.0:
-                    continue  # far behind the landmark: below one unit
+                amount = forward_weight(1.0, ts_ms / 1000.0, landmark, self.rate)
                 for neighbour in neighbours:
                     # Stored under the earlier item: neighbours(X) are what followed X.
                     theirs = pairs.setdefault(neighbour, {})
@@ -187,8 +157,7 @@ class Covisitation:
         """Stored neighbour rows (``store.top`` of each item's key) decayed to ``now_s``,
         given the landmarks hash as read."""
         factor = landmark_factor(landmarks, FAMILY, self.rate, now_s)
-        per_event = None if factor is None else factor / COUNT_SCALE
-        return [decayed(row, per_event) for row in rows]
+        return [decayed(row, factor) for row in rows]
 
     def neighbours_many(
         self, store: Store, item_ids: Sequence[str], k: int, now_s: float

@@ -64,11 +64,9 @@ def read_factor(now_s: float, landmark_s: float, rate: float) -> float:
     return math.exp(min(-rate * (now_s - landmark_s), FLOAT_EXPONENT))
 
 
-def needs_rotation(
-    t_s: float, landmark_s: float, rate: float, max_exponent: float = MAX_EXPONENT
-) -> bool:
-    """True once an event at ``t_s`` would push the stored exponent past ``max_exponent``."""
-    return rate * (t_s - landmark_s) > max_exponent
+def needs_rotation(t_s: float, landmark_s: float, rate: float) -> bool:
+    """True once an event at ``t_s`` would push the stored exponent past :data:`MAX_EXPONENT`."""
+    return rate * (t_s - landmark_s) > MAX_EXPONENT
 
 
 def rotation_factor(old_landmark_s: float, new_landmark_s: float, rate: float) -> float:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from features.batch import WriteBatch
-from features.decay import MAX_EXPONENT, needs_rotation, read_factor, rotation_factor
+from features.decay import needs_rotation, read_factor, rotation_factor
 from features.keys import Keys
 
 #: (id, score) pairs, best first, as sorted sets are read.
@@ -25,23 +25,20 @@ LANDMARK_ALIGN_S = 3600.0
 STEP_EXPONENT = 64.0
 
 
-def landmark_step(rate: float, max_exponent: float = MAX_EXPONENT) -> float:
-    """Seconds between the landmarks a family with decay rate ``rate`` may take; a step adds
-    at most a quarter of the exponent the family may store.
+def landmark_step(rate: float) -> float:
+    """Seconds between the landmarks a family with decay rate ``rate`` may take.
 
     Examples:
         >>> from features.decay import decay_rate
         >>> landmark_step(decay_rate(86400.0)), round(landmark_step(decay_rate(1.0)), 1)
         (3600.0, 92.3)
-        >>> round(landmark_step(decay_rate(60.0), max_exponent=8.0), 1)
-        173.1
     """
-    return min(LANDMARK_ALIGN_S, min(STEP_EXPONENT, max_exponent / 4) / rate)
+    return min(LANDMARK_ALIGN_S, STEP_EXPONENT / rate)
 
 
-def aligned_landmark(t_s: float, rate: float, max_exponent: float = MAX_EXPONENT) -> float:
+def aligned_landmark(t_s: float, rate: float) -> float:
     """The landmark a new or rotated family gets for event time ``t_s``."""
-    step = landmark_step(rate, max_exponent)
+    step = landmark_step(rate)
     return math.floor(t_s / step) * step
 
 
@@ -53,12 +50,10 @@ def batch_landmark(
     rate: float,
     span_s: tuple[float, float],
     rescale: Callable[[float], None],
-    max_exponent: float = MAX_EXPONENT,
 ) -> float:
     """The landmark of ``family`` for a batch whose events span ``span_s`` (oldest, newest):
     guarded as read, set on first use, and moved when needed, calling ``rescale(factor)`` to
-    queue the rescaling of every key of the family (once an event's stored exponent would pass
-    ``max_exponent``). The landmark follows the newest event, so
+    queue the rescaling of every key of the family. The landmark follows the newest event, so
     a gap of any length (inside the batch or since the last one) is one step: older events
     get negative exponents, never an overflow.
 
@@ -81,12 +76,12 @@ def batch_landmark(
     stored = landmarks.get(family)
     batch.guard(keys.landmarks(), family, stored)
     if stored is None:
-        landmark = aligned_landmark(newest, rate, max_exponent)
+        landmark = aligned_landmark(newest, rate)
     else:
         landmark = float(stored)
-        if not needs_rotation(newest, landmark, rate, max_exponent):
+        if not needs_rotation(newest, landmark, rate):
             return landmark
-        moved = aligned_landmark(newest, rate, max_exponent)
+        moved = aligned_landmark(newest, rate)
         rescale(rotation_factor(landmark, moved, rate))
         landmark = moved
     batch.hset(keys.landmarks(), {family: repr(landmark)})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -115,9 +114,9 @@ class InMemoryStore:
                     self._high.pop(key, None)
             case ZScale(key, factor):
                 self._scale(key, factor)
-            case ZScalePrefix(prefix, factor, integral):
+            case ZScalePrefix(prefix, factor):
                 for key in [k for k in self._zsets if k.startswith(prefix)]:
-                    self._scale(key, factor, integral=integral)
+                    self._scale(key, factor)
             case HSet(key, fields):
                 self._expire_if_due(key)
                 self._hashes.setdefault(key, {}).update(fields)
@@ -164,16 +163,11 @@ class InMemoryStore:
         self._values.pop(key, None)
         self._expiry.pop(key, None)
 
-    def _scale(self, key: str, factor: float, *, integral: bool = False) -> None:
+    def _scale(self, key: str, factor: float) -> None:
         zset = self._live_zset(key)
         if zset is not None:
-            for member in list(zset):
-                if not integral:
-                    zset[member] *= factor
-                elif (scaled := math.floor(zset[member] * factor + 0.5)) >= 1:
-                    zset[member] = float(scaled)
-                else:
-                    del zset[member]
+            for member in zset:
+                zset[member] *= factor
             self._low.pop(key, None)
             self._high.pop(key, None)
 

@@ -87,20 +87,7 @@ for _, op in ipairs(ops) do
       local reply = redis.call('SCAN', cursor, 'MATCH', payload[1], 'COUNT', 1000)
       cursor = reply[1]
       for _, found in ipairs(reply[2]) do
-        if redis.call('TYPE', found).ok ~= 'zset' then
-        elseif payload[3] then
-          -- Integral: round half up (as the in-memory store does); %.0f prints an integer
-          -- exactly, where Lua's own number format would switch to exponent form.
-          local rows = redis.call('ZRANGE', found, 0, -1, 'WITHSCORES')
-          for j = 1, #rows, 2 do
-            local scaled = math.floor(tonumber(rows[j + 1]) * payload[2] + 0.5)
-            if scaled >= 1 then
-              redis.call('ZADD', found, string.format('%.0f', scaled), rows[j])
-            else
-              redis.call('ZREM', found, rows[j])
-            end
-          end
-        else
+        if redis.call('TYPE', found).ok == 'zset' then
           redis.call('ZUNIONSTORE', found, 1, found, 'WEIGHTS', payload[2])
         end
       end
@@ -218,9 +205,9 @@ def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
                 out.append(["K", key_of(key), keep])
             case ZScale(key, factor):
                 out.append(["S", key_of(key), factor])
-            case ZScalePrefix(prefix, factor, integral):
+            case ZScalePrefix(prefix, factor):
                 # No key index: the script finds the keys itself (the first key stands in).
-                out.append(["P", key_of(prefix), [glob_escape(prefix) + "*", factor, integral]])
+                out.append(["P", key_of(prefix), [glob_escape(prefix) + "*", factor]])
             case HSet(key, fields) | HSetNX(key, fields):
                 flat = [x for pair in fields.items() for x in pair]
                 out.append(["H" if isinstance(op, HSet) else "N", key_of(key), flat])

@@ -89,21 +89,6 @@ def test_scale_prefix_multiplies_every_sorted_set_under_it_and_nothing_else(
     assert store.hgetall(keys.covisitation_prefix() + "not-a-zset") == {"f": "v"}
 
 
-def test_an_integral_scale_prefix_rounds_half_up_and_drops_what_reaches_zero(
-    store: Store, keys: Keys
-) -> None:
-    row, other = keys.covisitation("a"), keys.covisitation("b")
-    big = float(2**40 + 3)
-    commit(store, lambda b: b.zadd(row, {"x": 5.0, "y": 3.0, "z": 1.0, "w": big}))
-    commit(store, lambda b: b.zadd(other, {"x": 1.0}))
-    commit(store, lambda b: b.zscale_prefix(keys.covisitation_prefix(), 0.5, integral=True))
-    # 2.5 -> 3, 1.5 -> 2, 0.5 -> 1 (half up); a large count stays exact (no exponent form).
-    assert dict(store.top(row, 10)) == {"x": 3.0, "y": 2.0, "z": 1.0, "w": float(2**39 + 2)}
-    commit(store, lambda b: b.zscale_prefix(keys.covisitation_prefix(), 0.4, integral=True))
-    assert dict(store.top(row, 10)) == {"x": 1.0, "y": 1.0, "w": float(round((2**39 + 2) * 0.4))}
-    assert store.top(other, 10) == []
-
-
 def test_keep_top_drops_the_lowest(store: Store, keys: Keys) -> None:
     k = keys.seen("u")
     commit(store, lambda b: b.zadd(k, {"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0}))

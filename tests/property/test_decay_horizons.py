@@ -1,7 +1,6 @@
 """Decayed state over any span of event time: gaps from 0 to 200 years, half-lives from 1 s to
 1 year, cut into batches anywhere. No exception, and every read equals the naive decayed sum
-(each event's weight times 2^(-age / half-life), summed at read time) within 1e-9 relative;
-co-visitation, stored in whole units of 1/65,536 of an event, within one unit per event.
+(each event's weight times 2^(-age / half-life), summed at read time) within 1e-9 relative.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from hypothesis import strategies as st
 from features.bandit import FAMILY as BANDIT_FAMILY
 from features.bandit import Outcome, SourceBandit
 from features.batch import WriteBatch
-from features.covisitation import COUNT_SCALE, Covisitation, Visit
 from features.covisitation import FAMILY as COVIS_FAMILY
+from features.covisitation import Covisitation, Visit
 from features.decay import decay_rate, read_factor
 from features.embeddings import update_many
 from features.keys import Keys
@@ -130,15 +129,9 @@ def test_covisitation_reads_the_naive_decayed_sum(
     now_s = starts[-1] + 1.0 + later_s
     landmark = float(store.hgetall(KEYS.landmarks())[COVIS_FAMILY])
     factor = read_factor(now_s, landmark, decay_rate(half_life_s))
-    row = store.dump(KEYS.covisitation("a")).get(KEYS.covisitation("a"), {})
+    row = store.dump(KEYS.covisitation("a"))[KEYS.covisitation("a")]
     want = naive([t + 1.0 for t in starts], now_s, half_life_s)
-    # Each increment and each rescale rounds to whole units: at most one unit per event
-    # (a rescale also shrinks the error already there), read in the final frame.
-    unit = factor / COUNT_SCALE
-    assert math.isclose(row.get("b", 0.0) * unit, want, abs_tol=len(starts) * unit + 1e-300), (
-        row,
-        want,
-    )
+    assert close(row["b"] * factor, want), (row, want)
 
 
 @settings(max_examples=80, deadline=None)

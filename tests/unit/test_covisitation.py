@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from features.batch import WriteBatch
-from features.covisitation import COUNT_SCALE, Covisitation, Visit
+from features.covisitation import Covisitation, Visit
 from features.keys import Keys
 from features.seen import SeenSet
 from features.stores.memory_store import InMemoryStore
@@ -55,8 +55,7 @@ def test_scores_decay_with_event_time() -> None:
     run(covis, store, {"u": [Visit("a", 0, True), Visit("b", 1000, True)]})
     run(covis, store, {"v": [Visit("a", 3_600_000, True), Visit("c", 3_601_000, True)]})
     scores = dict(neighbours(covis, store, "a", 10, now_s=3601.0))
-    # Counts are whole units of 1/65,536 of an event: each score is within half a unit.
-    assert scores["c"] == pytest.approx(2 * scores["b"], rel=2 / COUNT_SCALE)
+    assert scores["c"] == pytest.approx(2 * scores["b"], rel=1e-6)
 
 
 def test_neighbour_lists_are_bounded() -> None:
