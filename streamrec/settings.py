@@ -47,6 +47,11 @@ class ServicesSettings(BaseModel):
     # Port of the local Redis read replica (`replicaof` the local server) for the API to
     # read from; none to run no replica.
     redis_replica_port: int | None = Field(6380, ge=1, le=65535)
+    # Masters of a local Redis Cluster that `services up` also starts (0: none; `services up
+    # --redis-cluster N` sets it for one call), on consecutive ports from the next field.
+    redis_cluster_nodes: int = Field(0, ge=0, le=16)
+    # Port of the local cluster's first node.
+    redis_cluster_port: int = Field(7000, ge=1, le=65535 - 16)
     # Seconds to wait for both services to become ready.
     ready_timeout_s: float = Field(120.0, gt=0)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -50,11 +50,24 @@ def _print_services(rows: list[Any]) -> None:
 
 
 @services_app.command("up")
-def services_up(config: ConfigOption = None) -> None:
+def services_up(
+    config: ConfigOption = None,
+    redis_cluster: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=16,
+            help="Also start a local Redis Cluster of this many masters "
+            "(services.redis_cluster_nodes; 0: none)",
+        ),
+    ] = None,
+) -> None:
     """Start local Kafka and Redis (unless STREAMREC_KAFKA_BOOTSTRAP/REDIS_URL are given)."""
     from streamrec import services
 
     settings = setup_command(config)
+    if redis_cluster is not None:
+        settings.services.redis_cluster_nodes = redis_cluster
     try:
         _print_services(services.services_up(settings))
     except services.ServiceError as exc:

@@ -34,6 +34,13 @@ from streamrec.services.redis import (
     start_redis,
     start_redis_replica,
 )
+from streamrec.services.redis_cluster import (
+    ClusterNode,
+    cluster_nodes,
+    ensure_cluster,
+    existing_nodes,
+    start_cluster_node,
+)
 from streamrec.settings import Settings
 
 _PROBE_TIMEOUT_S = 5.0
@@ -62,7 +69,9 @@ class _Service:
         return pid if pid is not None and is_running(pid, self.marker) else None
 
 
-def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
+def _services(
+    settings: Settings, environ: Mapping[str, str], *, every: bool = False
+) -> list[_Service]:
     services = settings.services
     paths = layout(services)
     kafka_managed = is_managed(KAFKA_ENV, environ)
@@ -115,7 +124,34 @@ def _services(settings: Settings, environ: Mapping[str, str]) -> list[_Service]:
                 start=lambda: start_redis_replica(replica_port, services.redis_port, paths),
             )
         )
+    if redis_managed:
+        found += [_cluster_service(node) for node in _cluster(settings, paths.root, every=every)]
     return found
+
+
+def _cluster(settings: Settings, root: Path, *, every: bool) -> list[ClusterNode]:
+    """The configured cluster nodes; with ``every``, also those an earlier `up` left (for
+    `down` and `status`, whatever the settings say now)."""
+    services = settings.services
+    nodes = cluster_nodes(root, services.redis_cluster_port, services.redis_cluster_nodes)
+    if every:
+        known = {n.port for n in nodes}
+        nodes += [n for n in existing_nodes(root) if n.port not in known]
+    return nodes
+
+
+def _cluster_service(node: ClusterNode) -> _Service:
+    return _Service(
+        name=f"redis-cluster-{node.port}",
+        env_var=REDIS_ENV,
+        managed=True,
+        endpoint=node.url,
+        probe=lambda timeout: redis_answers(node.url, timeout),
+        pidfile=node.pidfile,
+        log_file=node.log_file,
+        marker="redis-server",
+        start=lambda: start_cluster_node(node),
+    )
 
 
 def _wait_ready(service: _Service, pid: int, deadline: float, timeout_s: float) -> None:
@@ -170,12 +206,15 @@ def services_up(settings: Settings) -> list[ServiceStatus]:
         for service, pid, detail in pending:
             _wait_ready(service, pid, deadline, timeout_s)
             results[service.name] = service.status(True, detail)
+        nodes = _cluster(settings, layout(settings.services).root, every=False)
+        if nodes and is_managed(REDIS_ENV, os.environ):
+            ensure_cluster(nodes, max(deadline - time.monotonic(), 30.0))
     return [results[service.name] for service in services]
 
 
 def services_down(settings: Settings) -> list[ServiceStatus]:
     """Stop the managed services we started; keep their data so the next `up` is quick."""
-    services = _services(settings, os.environ)
+    services = _services(settings, os.environ, every=True)
     paths = layout(settings.services)
     results: list[ServiceStatus] = []
     # Without a data dir we never started anything, and nothing needs the lock.
@@ -203,7 +242,7 @@ def services_down(settings: Settings) -> list[ServiceStatus]:
 def services_status(settings: Settings) -> list[ServiceStatus]:
     """Whether each service answers now, and who runs it. Starts and stops nothing."""
     results: list[ServiceStatus] = []
-    for service in _services(settings, os.environ):
+    for service in _services(settings, os.environ, every=True):
         running = service.probe(_PROBE_TIMEOUT_S)
         pid = service.our_pid() if service.managed else None
         if not service.managed:

@@ -65,6 +65,20 @@ def test_compose_has_the_stack_and_points_streamrec_at_it() -> None:
     assert "STREAMREC_REDIS_REPLICA_URL" not in services["worker"]["environment"]
 
 
+def test_the_cluster_profile_has_three_cluster_masters_and_their_create_step() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    nodes = [name for name in services if name.startswith("redis-cluster-") and name[-1].isdigit()]
+    assert len(nodes) == 3
+    for name in [*nodes, "redis-cluster-create"]:
+        assert services[name]["profiles"] == ["cluster"]  # not started by a plain `up`
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+    create = " ".join(services["redis-cluster-create"]["command"])
+    assert "--cluster create" in create and "--cluster-replicas 0" in create
+    assert set(services["redis-cluster-create"]["depends_on"]) == set(nodes)
+
+
 @pytest.mark.skipif(_compose_command() is None, reason="no docker compose client installed")
 def test_docker_compose_config_accepts_the_file() -> None:
     command = _compose_command() or []

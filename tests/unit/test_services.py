@@ -7,6 +7,7 @@ environment and pointed at a port that nobody listens on.
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from streamrec.services import (
     KAFKA_ENV,
@@ -376,4 +378,62 @@ def test_the_replica_copies_the_primary_refuses_writes_and_stops_with_it(
             ("redis-replica", False),
         ]
     finally:
+        services_down(settings)
+
+
+def free_consecutive_ports(count: int) -> int:
+    """A first port of ``count`` consecutive free ports whose cluster-bus ports (+10,000) are
+    free too."""
+    for first in range(17_100, 19_000, count):
+        ports = [p for port in range(first, first + count) for p in (port, port + 10_000)]
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in ports:
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError("no free ports for a cluster")
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli")
+def test_services_up_starts_a_three_master_redis_cluster_that_down_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(REDIS_ENV, raising=False)
+    monkeypatch.setenv(KAFKA_ENV, "localhost:9092")  # given: only Redis is started
+    settings = local_settings(tmp_path / "sr")
+    settings.services.redis_replica_port = None
+    settings.services.redis_cluster_nodes = 3
+    settings.services.redis_cluster_port = first = free_consecutive_ports(3)
+    try:
+        rows = services_up(settings)
+        names = [r.name for r in rows if r.running and r.name != "kafka"]
+        assert names == ["redis", *(f"redis-cluster-{first + i}" for i in range(3))]
+        cluster = RedisCluster(host="127.0.0.1", port=first)
+        try:
+            # Keys of many slots land on all three masters, and read back through any node.
+            for n in range(60):
+                cluster.set(f"key-{n}", str(n))
+            owners = {cluster.get_node_from_key(f"key-{n}").port for n in range(60)}
+            assert owners == {first, first + 1, first + 2}
+            assert [cluster.get(f"key-{n}") for n in range(60)] == [
+                str(n).encode() for n in range(60)
+            ]
+        finally:
+            cluster.close()
+        # A second `up` finds the cluster formed and keeps its data.
+        services_up(settings)
+        again = RedisCluster(host="127.0.0.1", port=first + 2)
+        try:
+            assert again.get("key-7") == b"7"
+        finally:
+            again.close()
+        # `down` stops the nodes whatever the settings say now.
+        settings.services.redis_cluster_nodes = 0
+        down = {r.name: r.running for r in services_down(settings)}
+        assert {name: down[name] for name in names[1:]} == dict.fromkeys(names[1:], False)
+    finally:
+        settings.services.redis_cluster_nodes = 3
         services_down(settings)
