@@ -36,8 +36,8 @@ system-deps: ## Install what the tests need from Debian: redis-server, Java 17, 
 demo: install ## Install, then run the whole system in one process (no Kafka/Redis) at http://127.0.0.1:8000
 	$(BIN)/streamrec demo
 
-test: install system-deps ## Install, start Kafka and Redis, lint, and run every test
-	$(BIN)/streamrec services up
+test: install system-deps ## Install, start Kafka, Redis and a 3-master Redis Cluster, lint, and run every test
+	$(BIN)/streamrec services up --redis-cluster 3
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
 
@@ -50,7 +50,7 @@ unit: install ## Tests that need no services
 	$(BIN)/python -m pytest -m "not integration"
 
 integration: install system-deps ## Tests on the real Kafka broker and Redis server
-	$(BIN)/streamrec services up
+	$(BIN)/streamrec services up --redis-cluster 3
 	$(BIN)/python -m pytest -m integration
 
 services-up: install ## Start local Kafka and Redis

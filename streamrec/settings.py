@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     # Extra librdkafka properties passed to every client (e.g. SASL/TLS settings).
     kafka_config: dict[str, str] = Field(default_factory=dict)
     # Redis URL of the live-state store.
-    redis_url: str = Field("redis://localhost:6379/0", pattern=r"^(redis|rediss|unix)://")
+    redis_url: str = Field(
+        "redis://localhost:6379/0", pattern=r"^(redis|rediss|unix|redis\+cluster)://"
+    )
     # Redis URL of a read replica of ``redis_url`` for the API's reads (writes stay on the
     # primary); none: the API reads the primary. `streamrec services up` runs one on 6380.
     redis_replica_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")

@@ -49,6 +49,37 @@ def kafka_bootstrap(base_settings: Settings) -> str:
     return base_settings.kafka_bootstrap
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(base_settings: Settings) -> str:
+    """The Redis Cluster `streamrec services up --redis-cluster 3` starts (or the one
+    STREAMREC_TEST_REDIS_CLUSTER_URL names)."""
+    from features.errors import StoreUnavailableError
+    from features.stores.redis_store import RedisStore
+
+    first = base_settings.services.redis_cluster_port
+    url = os.environ.get("STREAMREC_TEST_REDIS_CLUSTER_URL", f"redis+cluster://localhost:{first}")
+    try:
+        store = RedisStore(url, socket_timeout_s=1.0)
+    except StoreUnavailableError:
+        _services_missing(f"a Redis Cluster at {url}")
+    try:
+        if not store.ping():
+            _services_missing(f"a Redis Cluster at {url}")
+    finally:
+        store.close()
+    return url
+
+
+@pytest.fixture
+def redis_cluster_store(redis_cluster_url: str, namespace: str) -> Iterator[object]:
+    from features.stores.redis_store import RedisStore
+
+    store = RedisStore(redis_cluster_url)
+    yield store
+    store.flush_namespace("{" + namespace + "}:*")
+    store.close()
+
+
 @pytest.fixture
 def namespace() -> str:
     """A Redis key namespace of this test alone."""

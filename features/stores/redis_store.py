@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.batch import (
@@ -30,18 +31,47 @@ from features.stores.redis_ops import (
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
+#: URL scheme of a Redis Cluster: any node's address, the client finds the rest.
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster rather than one server.
+
+    Examples:
+        >>> is_cluster_url("redis+cluster://localhost:7000"), is_cluster_url("redis://h:6379/0")
+        (True, False)
+    """
+    return url.startswith(CLUSTER_SCHEME)
+
 
 class RedisStore:
-    """A :class:`features.store.Store` on a Redis server (6.2 or newer, for ZMSCORE)."""
+    """A :class:`features.store.Store` on a Redis server (6.2 or newer, for ZMSCORE), or on
+    a Redis Cluster (``redis+cluster://host:port``, through redis-py's ``RedisCluster``).
+
+    On a cluster every key of a namespace shares its hash tag, so the namespace lives in one
+    slot: each script's keys are in that slot, and SCAN inside a script sees all of them.
+    """
 
     def __init__(self, url: str, *, socket_timeout_s: float = 5.0) -> None:
         self.url = url
-        self._client: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=30,
-        )
+        timeouts: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": socket_timeout_s,
+        }
+        # Typed as a Redis: RedisCluster takes the same commands, routed by key slot.
+        self._client: redis.Redis
+        if is_cluster_url(url):
+            try:
+                # Unlike a single server's, the cluster client connects at once (it reads
+                # the slot map): an unreachable cluster is an unavailable store.
+                self._client = RedisCluster.from_url(  # type: ignore[assignment]
+                    "redis://" + url[len(CLUSTER_SCHEME) :], **timeouts
+                )
+            except (RedisClusterException, *_UNAVAILABLE) as exc:
+                raise StoreUnavailableError(f"redis cluster unreachable at {url}: {exc}") from None
+        else:
+            self._client = redis.Redis.from_url(url, health_check_interval=30, **timeouts)
         self._apply_ops = self._client.register_script(APPLY_OPS_LUA)
         # Many small reads as one call: per command, redis-py costs ~15 µs of Python.
         self._hget_many = self._client.register_script(HGET_MANY_LUA)

@@ -6,6 +6,8 @@ import shutil
 
 import redis
 
+from features.errors import StoreUnavailableError
+from features.stores.redis_store import RedisStore, is_cluster_url
 from streamrec.services.common import Layout, ServiceError, log
 from streamrec.services.process import rotate_log, spawn
 from streamrec.settings import ServicesSettings
@@ -53,7 +55,16 @@ def replica_command(redis_server: str, port: int, primary_port: int, paths: Layo
 
 
 def redis_answers(url: str, timeout: float) -> bool:
-    """Whether a Redis server answers PING."""
+    """Whether a Redis server (or a cluster, for a ``redis+cluster://`` URL) answers PING."""
+    if is_cluster_url(url):
+        try:
+            store = RedisStore(url, socket_timeout_s=timeout)
+        except StoreUnavailableError:
+            return False  # no node of the cluster answers
+        try:
+            return store.ping()
+        finally:
+            store.close()
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(client.ping())

@@ -13,12 +13,14 @@ from features.store import Store
 from features.stores.memory_store import InMemoryStore
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def store(request: pytest.FixtureRequest, namespace: str) -> Iterator[Store]:
     if request.param == "memory":
         yield InMemoryStore()
-    else:
+    elif request.param == "redis":
         yield request.getfixturevalue("redis_store")
+    else:
+        yield request.getfixturevalue("redis_cluster_store")
 
 
 @pytest.fixture

@@ -24,7 +24,16 @@ def stream(seed: int, n: int) -> list:  # type: ignore[type-arg]
     return [*sim.initial_items(start), *sim.events(n, start_ms=start)]
 
 
-def test_memory_and_redis_end_with_identical_state(redis_store: RedisStore, namespace: str) -> None:
+@pytest.fixture(params=["redis", "redis-cluster"])
+def live_store(request: pytest.FixtureRequest) -> RedisStore:
+    """The single server, and the 3-master cluster (through redis-py's RedisCluster)."""
+    name = "redis_store" if request.param == "redis" else "redis_cluster_store"
+    store: RedisStore = request.getfixturevalue(name)
+    return store
+
+
+def test_memory_and_redis_end_with_identical_state(live_store: RedisStore, namespace: str) -> None:
+    redis_store = live_store
     events = stream(seed=11, n=20_000)
     features = FeatureSettings()
     # Small batches, so that many batch boundaries (and landmark reads) are exercised.

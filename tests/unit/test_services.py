@@ -18,6 +18,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from features.errors import StoreUnavailableError
+from features.stores.redis_store import RedisStore
 from streamrec.services import (
     KAFKA_ENV,
     REDIS_ENV,
@@ -39,6 +41,7 @@ from streamrec.services import (
     services_up,
     storage_format_command,
 )
+from streamrec.services.redis import redis_answers
 from streamrec.settings import ServicesSettings, Settings
 
 
@@ -437,3 +440,10 @@ def test_services_up_starts_a_three_master_redis_cluster_that_down_stops(
     finally:
         settings.services.redis_cluster_nodes = 3
         services_down(settings)
+
+
+def test_an_unreachable_cluster_is_an_unavailable_store_and_does_not_answer() -> None:
+    url = f"redis+cluster://localhost:{free_port()}"
+    with pytest.raises(StoreUnavailableError, match="cluster unreachable"):
+        RedisStore(url, socket_timeout_s=0.5)
+    assert redis_answers(url, 0.5) is False
