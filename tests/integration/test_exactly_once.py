@@ -43,11 +43,15 @@ FEATURES = FeatureSettings(covisitation_neighbours=10_000)
 
 
 @pytest.fixture
-def deployment(kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
+def deployment(request: pytest.FixtureRequest, kafka_bootstrap: str) -> Iterator[Deployment]:
+    """Workers on the single Redis server, or (parametrised ``redis-cluster``) on the 3-master
+    cluster through redis-py's RedisCluster."""
+    on_cluster = getattr(request, "param", "redis") == "redis-cluster"
+    url = request.getfixturevalue("redis_cluster_url" if on_cluster else "redis_url")
     with deployed(
         Deployment(
             kafka_bootstrap,
-            redis_url,
+            url,
             partitions=6,
             env={
                 "STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(FEATURES.covisitation_neighbours)
@@ -141,6 +145,7 @@ NOW_S = time.time()
 KILLS = 20
 
 
+@pytest.mark.parametrize("deployment", ["redis", "redis-cluster"], indirect=True)
 def test_twenty_kill_9s_with_a_growing_catalog_lose_nothing_and_count_nothing_twice(
     deployment: Deployment,
 ) -> None:
