@@ -32,7 +32,8 @@ from streams.io.producer import EventProducer
 log = logging.getLogger(__name__)
 
 
-def _produce(settings: Settings, events: int, seed: int) -> tuple[int, float]:
+def produce_simulated(settings: Settings, events: int, seed: int) -> tuple[int, float]:
+    """Send ``events`` seeded simulated events to the run's topics: (sent, seconds)."""
     sim = StreamSimulator(SimulatorConfig(embedding_dim=settings.features.embedding_dim), seed=seed)
     start_ms = int(time.time() * 1000) - 3_600_000
     started = time.perf_counter()
@@ -132,7 +133,7 @@ def run_ingest_bench(
     run = isolated_settings(settings, uuid.uuid4().hex[:8])
     create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
     try:
-        sent, produce_s = _produce(run, events, seed)
+        sent, produce_s = produce_simulated(run, events, seed)
         baseline_s = _bare_consume(run, sent, group=f"{run.worker.group_id}-bare")
         worker_s, stats = _worker_consume(run, sent)
         faust = _faust_consume(run, sent) if with_faust else None

@@ -1,4 +1,4 @@
-"""`streamrec bench ingest|ann|freshness|feed|soak|memory`: each prints a table, then one JSON
+"""`streamrec bench ingest|ann|freshness|feed|soak|memory|scale`: each prints a table, then one JSON
 line of its figures (`bench eval` lives with `evaluate`)."""
 
 from __future__ import annotations
@@ -150,6 +150,26 @@ def bench_memory(
     from streamrec.bench.memory import run_memory_bench
 
     figures = run_memory_bench(setup_command(config), events=events, seed=seed)
+    typer.echo(orjson.dumps(figures).decode())
+
+
+@_bench_command("scale")
+def bench_scale(
+    config: ConfigOption = None,
+    events: Annotated[int, typer.Option(min=1000, help="Events per configuration.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 1,
+    cluster_url: Annotated[
+        str | None,
+        typer.Option(
+            help="A Redis Cluster (redis+cluster://host:port); default: start a local one."
+        ),
+    ] = None,
+) -> None:
+    """Events/s of 1 and 2 worker processes on 6 partitions: Redis Cluster and single Redis."""
+    from streamrec.bench.scale import run_scale_bench
+
+    settings = setup_command(config)
+    figures = run_scale_bench(settings, events=events, seed=seed, cluster_url=cluster_url)
     typer.echo(orjson.dumps(figures).decode())
 
 

@@ -1,0 +1,149 @@
+"""`streamrec bench scale`: worker events/s with 1 and 2 worker processes on 6 partitions,
+against a Redis Cluster and against a single Redis, in the same run.
+
+Each configuration gets topics and keys of its own. Its workers (`streamrec worker`
+processes, as a deployment runs them) start first; once their heartbeats show every
+partition assigned, the events are produced, and the clock runs from the first applied
+message to the last (read from the applied-offsets table, as `streamrec verify` counts).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from features.keys import Keys
+from features.stores.redis_store import RedisStore
+from streamrec.bench.ingest import produce_simulated
+from streamrec.bench.isolation import cleanup, isolated_settings
+from streamrec.bench.report import print_table
+from streamrec.services import ensure_services
+from streamrec.settings import Settings
+from streams.io.kafka import client_config, create_topics
+
+PARTITIONS = 6
+_POLL_S = 0.01
+
+
+def _env(run: Settings) -> dict[str, str]:
+    topics = run.topics
+    return {
+        **os.environ,
+        "STREAMREC_KAFKA_BOOTSTRAP": run.kafka_bootstrap,
+        "STREAMREC_REDIS_URL": run.redis_url,
+        "STREAMREC_NAMESPACE": run.namespace,
+        "STREAMREC_WORKER__GROUP_ID": run.worker.group_id,
+        "STREAMREC_WORKER__HEARTBEAT_S": "0.5",
+        "STREAMREC_TOPICS__PARTITIONS": str(PARTITIONS),
+        "STREAMREC_TOPICS__INTERACTIONS": topics.interactions,
+        "STREAMREC_TOPICS__ITEMS": topics.items,
+        "STREAMREC_TOPICS__IMPRESSIONS": topics.impressions,
+        "STREAMREC_TOPICS__DEAD_LETTER": topics.dead_letter,
+    }
+
+
+def _assigned(admin: AdminClient, run: Settings, workers: int) -> bool:
+    """Whether the run's consumer group is stable with ``workers`` members, each holding
+    partitions of the interactions topic, all six between them."""
+    group = run.worker.group_id
+    try:
+        described = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except KafkaException:
+        return False
+    held = [
+        {
+            tp.partition
+            for tp in m.assignment.topic_partitions
+            if tp.topic == run.topics.interactions
+        }
+        for m in described.members
+    ]
+    stable = described.state == ConsumerGroupState.STABLE
+    return stable and len(held) == workers and all(held) and len(set().union(*held)) == PARTITIONS
+
+
+def _applied(store: RedisStore, run: Settings) -> int:
+    """Messages of the run's interactions and items topics whose effects are stored."""
+    keys = Keys(run.namespace)
+    tables = [keys.applied_offsets(t) for t in (run.topics.interactions, run.topics.items)]
+    return sum(int(o) + 1 for table in store.hgetall_many(tables) for o in table.values())
+
+
+def _timed_run(settings: Settings, redis_url: str, workers: int, events: int, seed: int) -> float:
+    """Events/s of ``workers`` worker processes applying ``events`` events into ``redis_url``."""
+    run = isolated_settings(settings, uuid.uuid4().hex[:8]).model_copy(
+        update={"redis_url": redis_url}
+    )
+    run.topics.partitions = PARTITIONS
+    create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
+    store = RedisStore(redis_url)
+    admin = AdminClient(client_config(run.kafka_bootstrap, run.kafka_config))
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "streamrec", "worker", "--worker-id", f"scale-{n}"],
+            env=_env(run),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not _assigned(admin, run, workers):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(
+                    f"{workers} worker(s) on {redis_url} did not take the partitions"
+                )
+            time.sleep(0.1)
+        sent, _ = produce_simulated(run, events, seed)
+        first = None
+        deadline = time.monotonic() + 600
+        while (done := _applied(store, run)) < sent:
+            if first is None and done > 0:
+                first = time.perf_counter()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done} of {sent} events applied on {redis_url}")
+            time.sleep(_POLL_S)
+        return sent / (time.perf_counter() - (first or time.perf_counter()))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+        store.close()
+        cleanup(run)
+
+
+def run_scale_bench(
+    settings: Settings, *, events: int, seed: int, cluster_url: str | None = None
+) -> dict[str, Any]:
+    """1 worker on a single Redis, then 1 and 2 workers on a cluster, on the same stream."""
+    if cluster_url is None:
+        services = settings.services.model_copy(
+            update={"redis_cluster_nodes": max(settings.services.redis_cluster_nodes, 3)}
+        )
+        settings = settings.model_copy(update={"services": services})
+        cluster_url = f"redis+cluster://localhost:{services.redis_cluster_port}"
+    ensure_services(settings)
+    single_1w = _timed_run(settings, settings.redis_url, 1, events, seed)
+    cluster_1w = _timed_run(settings, cluster_url, 1, events, seed)
+    cluster_2w = _timed_run(settings, cluster_url, 2, events, seed)
+    figures: dict[str, Any] = {
+        "bench": "scale",
+        "events": events,
+        "partitions": PARTITIONS,
+        "cores": os.cpu_count(),
+        "single_redis_1w": round(single_1w, 1),
+        "cluster_1w": round(cluster_1w, 1),
+        "cluster_2w": round(cluster_2w, 1),
+        "speedup_2w": round(cluster_2w / cluster_1w, 3),
+    }
+    print_table("scale: worker processes on a Redis Cluster and on a single Redis", figures)
+    return figures
