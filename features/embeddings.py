@@ -239,41 +239,6 @@ def content_embedding(
 
 
 # ---------------------------------------------------------------------------------------------
-# Item vectors as stored
-# ---------------------------------------------------------------------------------------------
-
-#: Item vectors are unit vectors, stored as float16: half the bytes of float32 (the largest
-#: per-item value after co-visitation), ~3 decimal digits, far below what tells two items
-#: apart in a dot product.
-_STORED = np.dtype("<f2")
-
-
-def stored_vector(vector: npt.ArrayLike) -> bytes:
-    """The bytes an item's unit vector is stored as.
-
-    Examples:
-        >>> raw = stored_vector(np.array([0.6, 0.8], np.float32))
-        >>> len(raw), stored_vector_from(raw, 2).tolist()
-        (4, [0.60009765625, 0.7998046875])
-    """
-    return np.asarray(vector, dtype=_STORED).tobytes()
-
-
-def stored_vector_from(raw: bytes | None, dim: int | None = None) -> Vector | None:
-    """A stored item vector as float32; None when absent or not of dimension ``dim`` (any
-    dimension when None)."""
-    if raw is None or (dim is not None and len(raw) != _STORED.itemsize * dim):
-        return None
-    return np.frombuffer(raw, dtype=_STORED).astype(np.float32)
-
-
-def as_stored(vector: Vector) -> Vector:
-    """``vector`` as a reader of the store gets it back: a batch that upserts an item uses
-    exactly what a later batch would read, so where batches are cut changes nothing."""
-    return vector.astype(_STORED).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
 # Decayed weighted-mean embeddings (sessions and users)
 # ---------------------------------------------------------------------------------------------
 

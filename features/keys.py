@@ -64,7 +64,7 @@ class Keys:
         return f"{self._prefix}:items:fresh"
 
     def item_embedding(self, item_id: str) -> str:
-        """float16 bytes of an item's unit embedding (``embeddings.stored_vector``)."""
+        """float32 bytes of an item's embedding."""
         return f"{self._prefix}:emb:{item_id}"
 
     def covisitation(self, item_id: str) -> str:

@@ -37,7 +37,6 @@ import numpy as np
 from features.catalog import VECTOR_CONTENT, VECTOR_LEARNED, Catalog, ItemMeta
 from features.collab_online import OnlineCollab, Vector
 from features.covisitation import Covisitation
-from features.embeddings import stored_vector_from
 from features.errors import StoreUnavailableError
 from features.keys import Keys
 from features.settings import FeatureSettings, LearningSettings
@@ -194,8 +193,13 @@ class EmbeddingRefresher:
         dim = self.model.dim
         for chunk in _chunks(learned):
             raws = self.store.get_bytes([self.keys.item_embedding(i) for i in chunk])
-            vectors = {i: stored_vector_from(raw, dim) for i, raw in zip(chunk, raws, strict=True)}
-            self.model.remember({i: v for i, v in vectors.items() if v is not None})
+            self.model.remember(
+                {
+                    i: np.frombuffer(raw, dtype=np.float32)
+                    for i, raw in zip(chunk, raws, strict=True)
+                    if raw is not None and len(raw) == 4 * dim
+                }
+            )
 
 
 def _chunks(ids: list[str]) -> list[list[str]]:

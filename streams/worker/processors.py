@@ -23,9 +23,6 @@ from features.embeddings import (
     EMBEDDING_EVENT_WEIGHTS,
     EmbeddingState,
     Vector,
-    as_stored,
-    stored_vector,
-    stored_vector_from,
     update,
     update_many,
 )
@@ -94,11 +91,10 @@ class BatchReads:
     def new_item_vectors(self) -> dict[str, Vector | None]:
         """Vectors of the batch's item upserts (the last event per item wins)."""
         latest = {item.item_id: item for item in self.events.items}
-        vectors = {
+        return {
             item_id: item_vector(item, self.dim) if item.op == "upsert" else None
             for item_id, item in latest.items()
         }
-        return {i: None if v is None else as_stored(v) for i, v in vectors.items()}
 
     def _items(self, kind: str, fetch: Callable[[list[str]], list[Any]]) -> dict[str, Any]:
         """Known values of an item lookup for every interacted item (absent ones left out)."""
@@ -126,7 +122,12 @@ class BatchReads:
 
         def fetch(items: list[str]) -> list[Vector | None]:
             raws = self.store.get_bytes([self.keys.item_embedding(i) for i in items])
-            return [stored_vector_from(raw, self.dim) for raw in raws]
+            return [
+                np.frombuffer(raw, dtype=np.float32)
+                if raw is not None and len(raw) == 4 * self.dim
+                else None
+                for raw in raws
+            ]
 
         out: dict[str, Vector] = self._items("vector", fetch)
         for item_id, vector in self.new_item_vectors.items():
@@ -251,7 +252,7 @@ class CatalogProcessor:
         for item_id, vector in reads.new_item_vectors.items():
             key = reads.keys.item_embedding(item_id)
             if vector is not None:
-                batch.set_bytes(key, stored_vector(vector))
+                batch.set_bytes(key, vector.tobytes())
             else:
                 # An item event is the item's whole record (the topic is compacted): a delete,
                 # or an upsert with nothing to embed, leaves no vector, as the ANN replica does.

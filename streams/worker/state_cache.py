@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from features.batch import (
     Delete,
     Expire,
@@ -30,7 +32,6 @@ from features.batch import (
     ZRemBelow,
     ZScalePrefix,
 )
-from features.embeddings import stored_vector_from
 from features.keys import Keys
 from streams.io.transport import TopicPartition
 
@@ -98,7 +99,7 @@ class StateCache:
                 self._absorb_fields(op, families)
             elif key.startswith(families.vectors):
                 if isinstance(op, SetBytes):
-                    vector = stored_vector_from(op.value)
+                    vector = np.frombuffer(op.value, dtype=np.float32)
                     self.put_item("vector", key[len(families.vectors) :], vector)
                 elif isinstance(op, Delete):
                     self.put_item("vector", key[len(families.vectors) :], None)

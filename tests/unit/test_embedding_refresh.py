@@ -10,7 +10,7 @@ import numpy as np
 
 from features.catalog import Catalog
 from features.covisitation import Covisitation
-from features.embeddings import EmbeddingState, as_stored, stored_vector_from, vector
+from features.embeddings import EmbeddingState, vector
 from features.keys import Keys
 from features.settings import FeatureSettings, LearningSettings
 from features.store import Store
@@ -62,8 +62,7 @@ def send(bus: InProcessBus, worker: Worker, events: list[Item] | list[Interactio
 
 def stored_vectors(store: Store, items: list[str]) -> dict[str, np.ndarray]:
     raws = store.get_bytes([KEYS.item_embedding(i) for i in items])
-    vectors = {i: stored_vector_from(r) for i, r in zip(items, raws, strict=True)}
-    return {i: v for i, v in vectors.items() if v is not None}
+    return {i: np.frombuffer(r, np.float32) for i, r in zip(items, raws, strict=True) if r}
 
 
 def replica(bus: InProcessBus) -> IndexReplica:
@@ -150,7 +149,7 @@ def test_upserts_keep_the_catalog_record_and_content_vectors_win() -> None:
 
     send(bus, worker, list(by_id.values()))
     assert dict(zip(items, records.records(store, items), strict=True)) == before
-    np.testing.assert_array_equal(stored_vectors(store, [own])[own], as_stored(own_vector))
+    np.testing.assert_array_equal(stored_vectors(store, [own])[own], own_vector)
     sources = {
         i: s for i, (_, s) in zip(items, records.records_and_vectors(store, items), strict=True)
     }

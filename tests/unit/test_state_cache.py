@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from features.batch import WriteBatch
-from features.embeddings import stored_vector
 from features.keys import Keys
 from features.stores.memory_store import InMemoryStore
 from streams.worker.processors import BatchReads, EventBatch
@@ -65,7 +64,7 @@ def test_checkpoint_landmarks_states_and_items_come_from_the_batch() -> None:
     batch.hset(KEYS.landmarks(), {"covisitation": "7"})
     batch.set_bytes(KEYS.session_embedding("u"), b"state", ttl_s=60)
     batch.delete(KEYS.user_embedding("u"))
-    batch.set_bytes(KEYS.item_embedding("i"), stored_vector(vector))
+    batch.set_bytes(KEYS.item_embedding("i"), vector.tobytes())
     batch.hset(KEYS.item("i"), {"category": "news", "stub": "0"})
     cache.absorb(batch, KEYS)
     assert cache.offsets == {("clicks", 2): 41}
