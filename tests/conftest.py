@@ -72,12 +72,7 @@ def redis_cluster_url(base_settings: Settings) -> str:
 
 @pytest.fixture
 def redis_cluster_store(redis_cluster_url: str, namespace: str) -> Iterator[object]:
-    from features.stores.redis_store import RedisStore
-
-    store = RedisStore(redis_cluster_url)
-    yield store
-    store.flush_namespace("{" + namespace + "}:*")
-    store.close()
+    yield from _namespaced_store(redis_cluster_url, namespace)
 
 
 @pytest.fixture
@@ -88,9 +83,14 @@ def namespace() -> str:
 
 @pytest.fixture
 def redis_store(redis_url: str, namespace: str) -> Iterator[object]:
+    yield from _namespaced_store(redis_url, namespace)
+
+
+def _namespaced_store(url: str, namespace: str) -> Iterator[object]:
+    """A store on ``url`` whose test namespace is deleted afterwards."""
     from features.stores.redis_store import RedisStore
 
-    store = RedisStore(redis_url)
+    store = RedisStore(url)
     yield store
     store.flush_namespace("{" + namespace + "}:*")
     store.close()

@@ -86,7 +86,8 @@ def replica_in_sync(url: str, timeout: float) -> bool:
         client.close()
 
 
-def _redis_server() -> str:
+def redis_server_path() -> str:
+    """The redis-server binary on PATH, or a ServiceError saying how to install it."""
     server = shutil.which("redis-server")
     if server is None:
         raise ServiceError(
@@ -96,7 +97,7 @@ def _redis_server() -> str:
 
 
 def start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool = True) -> int:
-    server = _redis_server()
+    server = redis_server_path()
     paths.redis_dir.mkdir(parents=True, exist_ok=True)
     rotate_log(paths.redis_log)
     log.info("starting Redis on localhost:%d", services.redis_port)
@@ -106,7 +107,7 @@ def start_redis(services: ServicesSettings, paths: Layout, *, persistent: bool =
 
 def start_redis_replica(port: int, primary_port: int, paths: Layout) -> int:
     """Start a read replica of the local Redis (on ``primary_port``) on ``port``."""
-    server = _redis_server()
+    server = redis_server_path()
     paths.replica_dir.mkdir(parents=True, exist_ok=True)
     rotate_log(paths.replica_log)
     log.info("starting a Redis replica on localhost:%d (of :%d)", port, primary_port)

@@ -18,6 +18,7 @@ import redis
 
 from streamrec.services.common import ServiceError, log
 from streamrec.services.process import rotate_log, spawn
+from streamrec.services.redis import redis_server_path
 
 #: Hash slots of a Redis Cluster; every one must be served for it to be ``ok``.
 SLOTS = 16_384
@@ -88,11 +89,7 @@ def cluster_node_command(redis_server: str, node: ClusterNode) -> list[str]:
 
 def start_cluster_node(node: ClusterNode) -> int:
     """Start one node; returns its pid."""
-    server = shutil.which("redis-server")
-    if server is None:
-        raise ServiceError(
-            "redis-server not found on PATH; install it with `apt-get install redis-server`"
-        )
+    server = redis_server_path()
     node.directory.mkdir(parents=True, exist_ok=True)
     rotate_log(node.log_file)
     log.info("starting Redis Cluster node on localhost:%d", node.port)

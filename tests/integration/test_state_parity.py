@@ -33,7 +33,6 @@ def live_store(request: pytest.FixtureRequest) -> RedisStore:
 
 
 def test_memory_and_redis_end_with_identical_state(live_store: RedisStore, namespace: str) -> None:
-    redis_store = live_store
     events = stream(seed=11, n=20_000)
     features = FeatureSettings()
     # Small batches, so that many batch boundaries (and landmark reads) are exercised.
@@ -42,9 +41,9 @@ def test_memory_and_redis_end_with_identical_state(live_store: RedisStore, names
     memory, _, _ = run_pipeline(
         events, InMemoryStore(), namespace=namespace, worker=worker, now_ms=now_ms
     )
-    run_pipeline(events, redis_store, namespace=namespace, worker=worker, now_ms=now_ms)
+    run_pipeline(events, live_store, namespace=namespace, worker=worker, now_ms=now_ms)
     keys = Keys(namespace)
     expected = readable_state(memory, keys, features, now_ms / 1000)
-    actual = readable_state(redis_store, keys, features, now_ms / 1000)
+    actual = readable_state(live_store, keys, features, now_ms / 1000)
     assert len(expected) > 1000  # trending, covisitation, seen-sets, catalog…
     assert_same_state(actual, expected, rel=1e-12)
