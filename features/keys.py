@@ -1,15 +1,38 @@
 """Every Redis key streamrec uses, in one place.
 
-Keys are ``{namespace}:<kind>:<id>``. The whole namespace shares one hash tag: a worker's
-batch writes global counters, per-user state, per-item state and the offset table in one
-MULTI/EXEC, and on Redis Cluster a transaction must stay inside one slot. (A deployment that
-outgrows one shard runs one namespace per shard.)
+Keys are ``{namespace}:<kind>:<id>``: the *logical* names every writer and reader uses. On
+one Redis they are also the stored names, so the whole namespace shares one hash tag. With
+``redis_shards`` above 1 (a Redis Cluster), :mod:`features.sharding` stores each key under
+the hash tag of a shard instead, by the rule of its kind below: per-user, per-item,
+per-request and per-partition state goes to the shard of its id, the sorted sets over all
+items are split into one set per shard by member, and the rest (checkpoint, landmarks, the
+bandit, the ranker) stays under the namespace's own tag.
 """
 
 from __future__ import annotations
 
 #: Scope of the counters kept over all items.
 GLOBAL = "global"
+
+#: Kinds whose key names one user, item, request or partition: stored in the shard of the id.
+ENTITY_KINDS = frozenset(
+    {"seen", "neg", "sess", "user", "imp", "imp-pend", "imp-rec", "imp-due"}
+    | {"item", "emb", "covis", "eids"}
+)
+#: Kinds of sorted sets over all items: split into one set per shard, by member (item id).
+SPLIT_KINDS = frozenset({"trend", "pop", "items"})
+
+
+def kind_and_id(key: str) -> tuple[str, str, str]:
+    """A key's hash tag, kind and id (what follows the kind; empty for a bare kind).
+
+    Examples:
+        >>> kind_and_id("{sr}:seen:u:1"), kind_and_id("{sr}:workers")
+        (('{sr}', 'seen', 'u:1'), ('{sr}', 'workers', ''))
+    """
+    tag, _, rest = key.partition(":")
+    kind, _, ident = rest.partition(":")
+    return tag, kind, ident
 
 
 class Keys:

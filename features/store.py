@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from features.batch import WriteBatch
+from features.sharding import RoutedBatch, ShardLayout
 
 
 @runtime_checkable
@@ -89,4 +90,27 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class PendingCommits(Protocol):
+    """A store whose commits can be left half-way by a crash, to be finished before the
+    checkpoint is read (a namespace split into shards: :mod:`features.stores.redis_sharded`)."""
+
+    def settle(self) -> int:
+        """Finish every commit left half-way; return how many there were."""
+        ...
+
+
+@runtime_checkable
+class ShardableStore(Store, Protocol):
+    """A store that can commit a batch spanning several slots, exactly once per slot."""
+
+    def commit_sharded(self, routed: RoutedBatch, layout: ShardLayout) -> None:
+        """Apply a routed batch: its guards and home writes, then each shard's writes."""
+        ...
+
+    def settle_sharded(self, layout: ShardLayout) -> int:
+        """Finish the batches decided but not applied in every shard; return how many."""
         ...

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://localhost:6379/0", pattern=r"^(redis|rediss|unix|redis\+cluster)://"
     )
+    # Shards the namespace's keys are split into, each its own hash tag (Redis Cluster slot):
+    # 1 keeps every key under one tag (one Redis); on a cluster, a few per node (e.g. 12 on 3
+    # nodes). Recorded in the store at the first worker's start; a mismatch is refused.
+    redis_shards: int = Field(1, ge=1, le=1024)
     # Redis URL of a read replica of ``redis_url`` for the API's reads (writes stay on the
     # primary); none: the API reads the primary. `streamrec services up` runs one on 6380.
     redis_replica_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from features.ann import HnswIndex
 from features.keys import Keys
-from features.store import Store
+from features.sharding import ShardLayout
+from features.store import ShardableStore, Store
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
 from features.stores.replica import ReplicaProbe, ReplicaReadStore, ReplicationLag
+from features.stores.sharded_store import ShardedStore, check_layout
 from serving.resources import Resources, TransportProbe
 from streamrec.settings import Settings
 from streams.io.bus import InProcessBus
@@ -39,8 +41,36 @@ def validator(settings: Settings) -> EventValidator:
     )
 
 
-def wait_for_store(store: Store, what: str, stop: threading.Event | None = None) -> bool:
-    """Block until the store answers, logging one line while it does not; False if stopped."""
+def shard_layout(settings: Settings) -> ShardLayout:
+    """How the namespace's keys are laid out over ``redis_shards`` shards."""
+    return ShardLayout(settings.namespace, settings.redis_shards)
+
+
+def live_store(settings: Settings, url: str | None = None) -> Store:
+    """The Redis store of the live state (``url``: another server of the same deployment),
+    split into ``redis_shards`` shards when there are more than one."""
+    store = RedisStore(url or settings.redis_url)
+    return sharded(store, settings)
+
+
+def sharded(store: ShardableStore, settings: Settings) -> Store:
+    """``store`` as the namespace's layout needs it: itself, or split into shards."""
+    if settings.redis_shards == 1:
+        return store
+    return ShardedStore(store, shard_layout(settings))
+
+
+def wait_for_store(
+    store: Store,
+    what: str,
+    stop: threading.Event | None = None,
+    *,
+    layout: ShardLayout | None = None,
+    record_layout: bool = False,
+) -> bool:
+    """Block until the store answers, logging one line while it does not; False if stopped.
+    With ``layout``, then refuse a store written with another number of shards
+    (:class:`features.stores.sharded_store.ShardLayoutError`)."""
     backoff = Backoff(0.2, 5.0)
     stop = stop or threading.Event()
     warned = False
@@ -52,6 +82,8 @@ def wait_for_store(store: Store, what: str, stop: threading.Event | None = None)
             return False
     if warned:
         log.info("%s: store reachable", what)
+    if layout is not None:
+        check_layout(store, layout, record=record_layout)
     return True
 
 
@@ -84,7 +116,7 @@ def build_worker(
 
 def kafka_worker(settings: Settings, worker_id: str | None = None) -> Worker:
     """A worker consuming the interactions and items topics into Redis."""
-    store = RedisStore(settings.redis_url)
+    store = live_store(settings)
     source = KafkaSource(
         settings.kafka_bootstrap,
         settings.topics.worker_inputs,
@@ -116,6 +148,8 @@ def kafka_resources(settings: Settings) -> Resources:
             "serve: store unreachable at %s; /health reports it until it answers",
             settings.redis_url,
         )
+    else:
+        check_layout(store, shard_layout(settings), record=False)
     replica = index_replica(
         settings,
         lambda start: KafkaTailSource(
@@ -140,7 +174,7 @@ def _serving_store(
     """The store the API reads, the replica's lag when it reads one, and what to stop."""
     primary = RedisStore(settings.redis_url)
     if settings.redis_replica_url is None:
-        return primary, None, []
+        return sharded(primary, settings), None, []
     serving = settings.serving
     lag = ReplicationLag(max_lag_ms=serving.max_replica_lag_ms)
     # A store of its own: WAIT holds its connection for up to the timeout.
@@ -153,7 +187,8 @@ def _serving_store(
         interval_s=serving.replica_probe_interval_ms / 1000.0,
     )
     probe.start()
-    store = ReplicaReadStore(primary, RedisStore(settings.redis_replica_url), lag)
+    replica = RedisStore(settings.redis_replica_url)
+    store = sharded(ReplicaReadStore(primary, replica, lag), settings)
     # Close hooks run newest first: the probe stops before its connection closes.
     return store, lag, [probes.close, probe.stop]
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from features.sharding import namespace_pattern
 from streamrec.settings import Settings, load_settings
 
 
@@ -92,5 +93,5 @@ def _namespaced_store(url: str, namespace: str) -> Iterator[object]:
 
     store = RedisStore(url)
     yield store
-    store.flush_namespace("{" + namespace + "}:*")
+    store.flush_namespace(namespace_pattern(namespace))
     store.close()

@@ -24,6 +24,7 @@ from features.batch import (
     ZScalePrefix,
 )
 from features.errors import ConflictError
+from features.sharding import RoutedBatch, ShardLayout
 
 
 def _rank_key(item: tuple[str, float]) -> tuple[float, bytes]:
@@ -71,12 +72,32 @@ class InMemoryStore:
     def commit(self, batch: WriteBatch) -> None:
         """Apply the batch under one lock, so readers never see half of it."""
         with self._lock:
-            for (key, field), expected in batch.guards.items():
-                self._expire_if_due(key)
-                if self._hashes.get(key, {}).get(field) != expected:
-                    raise ConflictError(f"{key}.{field} changed since it was read")
+            self._check_guards(batch)
             for op in batch:
                 self._apply(op)
+
+    def _check_guards(self, batch: WriteBatch) -> None:
+        for (key, field), expected in batch.guards.items():
+            self._expire_if_due(key)
+            if self._hashes.get(key, {}).get(field) != expected:
+                raise ConflictError(f"{key}.{field} changed since it was read")
+
+    def commit_sharded(self, routed: RoutedBatch, layout: ShardLayout) -> None:
+        """Apply a routed batch under one lock: one process holds every shard, so the whole
+        batch is one step (each shard keeps its copy of the checkpoint, as on Redis)."""
+        with self._lock:
+            self._check_guards(routed.home)
+            for op in routed.home:
+                self._apply(op)
+            for shard, group in sorted(routed.shards.items()):
+                for op in group:
+                    self._apply(op)
+                if routed.marks:
+                    self._apply(HSet(layout.slot_offsets_key(shard), dict(routed.marks)))
+
+    def settle_sharded(self, layout: ShardLayout) -> int:
+        """Nothing to finish: :meth:`commit_sharded` is one step."""
+        return 0
 
     def _apply(self, op: Op) -> None:
         match op:

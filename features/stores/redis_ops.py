@@ -38,7 +38,7 @@ CONFLICT = "CONFLICT"
 #: then the ops ``[code, key index (1-based, into KEYS), payload]`` (a ZADD's payload
 #: is score-member pairs, as the command takes them). cmsgpack has no binary
 #: type, so byte values ride as further ARGV entries and a SET's payload is their index.
-APPLY_OPS_LUA = """
+_PRELUDE = """
 -- One command per chunk of arguments rather than per member: each redis.call costs about
 -- as much as the update it carries. Chunks stay far inside Lua's C stack (8,000 slots for
 -- unpack) and are even, so score-member and field-value pairs never straddle two calls.
@@ -53,7 +53,12 @@ local function variadic(command, key, flag, payload)
     end
   end
 end
-local guards, ops = cmsgpack.unpack(ARGV[1])
+"""
+
+#: The interpreter as a Lua function of (KEYS, ARGV): the scripts below embed it.
+_INTERPRET = (
+    "local function interpret(KEYS, ARGV)\n"
+    + """local guards, ops = cmsgpack.unpack(ARGV[1])
 for _, guard in ipairs(guards) do
   local current = redis.call('HGET', KEYS[guard[1]], guard[2])
   if current == false then current = nil end
@@ -114,6 +119,77 @@ for _, op in ipairs(ops) do
 end
 return 0
 """
+    + "end\n"
+)
+
+APPLY_OPS_LUA = _PRELUDE + _INTERPRET + "return interpret(KEYS, ARGV)\n"
+
+#: Prefix of the error a sharded decide returns while a batch it must not overlap is pending.
+BUSY = "BUSY"
+
+#: Step 2 of a sharded commit, in the home slot. KEYS: the pending-batches hash, then the
+#: home writes' keys; ARGV: the batch id, its pending record (``R…`` when it moves a
+#: landmark), then the home writes (as :data:`APPLY_OPS_LUA` takes them). The guards are
+#: checked and the home writes applied as in one Redis, and the batch is recorded as pending:
+#: from here on it is decided, and its shards' shares are applied whatever happens.
+#: A landmark move rescales every shard, so it overlaps no other pending batch.
+DECIDE_LUA = (
+    _PRELUDE
+    + _INTERPRET
+    + """
+local pending, id, record = KEYS[1], ARGV[1], ARGV[2]
+local others = redis.call('HGETALL', pending)
+for j = 1, #others, 2 do
+  local moves = string.sub(record, 1, 1) == 'R' or string.sub(others[j + 1], 1, 1) == 'R'
+  if others[j] ~= id and moves then
+    return redis.error_reply('BUSY batch ' .. others[j] .. ' is pending')
+  end
+end
+local keys, argv = {}, {}
+for i = 2, #KEYS do keys[i - 1] = KEYS[i] end
+for i = 3, #ARGV do argv[i - 2] = ARGV[i] end
+local result = interpret(keys, argv)
+if type(result) == 'table' and result.err then return result end
+redis.call('HSET', pending, id, record)
+return 0
+"""
+)
+
+#: Step 3, in each shard's slot. KEYS: the shard's prepared share of the batch (a list: its
+#: keys as msgpack, then its writes as :data:`APPLY_OPS_LUA` takes them), the shard's copy of
+#: the checkpoint, then the share's keys; ARGV[1]: the batch's checkpoint as msgpack
+#: ``[field, offset, …]``. A shard whose copy already reaches the checkpoint holds the batch
+#: and skips it; otherwise the share is applied with the copy, and the share is dropped.
+APPLY_PREPARED_LUA = (
+    _PRELUDE
+    + _INTERPRET
+    + """
+local prepared, copy = KEYS[1], KEYS[2]
+local marks = cmsgpack.unpack(ARGV[1])
+local held = #marks > 0
+for j = 1, #marks, 2 do
+  local current = redis.call('HGET', copy, marks[j])
+  if (not current) or tonumber(current) < tonumber(marks[j + 1]) then held = false end
+end
+if held then
+  redis.call('DEL', prepared)
+  return 'HELD'
+end
+local share = redis.call('LRANGE', prepared, 1, -1)
+if #share == 0 then
+  -- Without a checkpoint, only applying drops a share.
+  if #marks == 0 then return 'HELD' end
+  return redis.error_reply('MISSING ' .. prepared .. ': the share of a decided batch is gone')
+end
+local keys = {}
+for i = 3, #KEYS do keys[i - 2] = KEYS[i] end
+local result = interpret(keys, share)
+if type(result) == 'table' and result.err then return result end
+for j = 1, #marks, 2 do redis.call('HSET', copy, marks[j], marks[j + 1]) end
+redis.call('DEL', prepared)
+return 'APPLIED'
+"""
+)
 
 
 HGET_MANY_LUA = """

@@ -17,6 +17,7 @@ from features.batch import (
     WriteBatch,
 )
 from features.errors import ConflictError, StoreUnavailableError
+from features.sharding import RoutedBatch, ShardLayout
 from features.stores.redis_ops import (
     APPLY_OPS_LUA,
     CONFLICT,
@@ -27,6 +28,7 @@ from features.stores.redis_ops import (
     encode_ops,
     glob_escape,
 )
+from features.stores.redis_sharded import ShardedCommit
 
 log = logging.getLogger(__name__)
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -49,8 +51,8 @@ class RedisStore:
     """A :class:`features.store.Store` on a Redis server (6.2 or newer, for ZMSCORE), or on
     a Redis Cluster (``redis+cluster://host:port``, through redis-py's ``RedisCluster``).
 
-    On a cluster every key of a namespace shares its hash tag, so the namespace lives in one
-    slot: each script's keys are in that slot, and SCAN inside a script sees all of them.
+    Each call's keys share one hash tag (one slot); a namespace split into shards is read
+    and written through :class:`features.stores.sharded_store.ShardedStore`, which keeps it so.
     """
 
     def __init__(self, url: str, *, socket_timeout_s: float = 5.0) -> None:
@@ -78,6 +80,7 @@ class RedisStore:
         self._top_many = self._client.register_script(TOP_MANY_LUA)
         self._zscores_many = self._client.register_script(ZSCORES_MANY_LUA)
         self._values_and_tops = self._client.register_script(VALUES_AND_TOPS_LUA)
+        self._sharded = ShardedCommit(self._client, self._call)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -97,6 +100,15 @@ class RedisStore:
             if str(exc).startswith(CONFLICT):
                 raise ConflictError(str(exc)) from None
             raise
+
+    def commit_sharded(self, routed: RoutedBatch, layout: ShardLayout) -> None:
+        """Commit a batch that writes several slots (see :mod:`features.stores.redis_sharded`)."""
+        self._sharded.commit(routed, layout)
+
+    def settle_sharded(self, layout: ShardLayout) -> int:
+        """Apply what crashed sharded commits decided; return how many batches."""
+        settled: int = self._sharded.settle(layout)
+        return settled
 
     def top(self, key: str, k: int) -> list[tuple[str, float]]:
         """ZREVRANGE … WITHSCORES."""

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 from features.batch import WriteBatch
 from features.errors import StoreUnavailableError
-from features.store import Store
+from features.sharding import RoutedBatch, ShardLayout
+from features.store import ShardableStore, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,7 +154,7 @@ class ReplicaReadStore:
         []
     """
 
-    def __init__(self, primary: Store, replica: Store, lag: ReplicationLag) -> None:
+    def __init__(self, primary: ShardableStore, replica: Store, lag: ReplicationLag) -> None:
         self.primary = primary
         self.replica = replica
         self.lag = lag
@@ -170,6 +171,14 @@ class ReplicaReadStore:
     def commit(self, batch: WriteBatch) -> None:
         """Writes go to the primary only (a replica is read-only)."""
         self.primary.commit(batch)
+
+    def commit_sharded(self, routed: RoutedBatch, layout: ShardLayout) -> None:
+        """See :meth:`commit`."""
+        self.primary.commit_sharded(routed, layout)
+
+    def settle_sharded(self, layout: ShardLayout) -> int:
+        """Finished on the primary."""
+        return self.primary.settle_sharded(layout)
 
     def top(self, key: str, k: int) -> list[tuple[str, float]]:
         """See :meth:`features.store.Store.top`."""

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer
 
+from features.sharding import namespace_pattern
 from features.stores.redis_store import RedisStore
 from streamrec.bench.isolation import cleanup, isolated_settings
 from streamrec.bench.report import print_table
@@ -120,7 +121,7 @@ def _faust_consume(settings: Settings, total: int) -> tuple[float, int]:
             figures = orjson.loads(result_file.read_bytes())
         finally:
             store = RedisStore(settings.redis_url)
-            store.flush_namespace("{" + faust_run.namespace + "}:*")
+            store.flush_namespace(namespace_pattern(faust_run.namespace))
             store.close()
     return float(figures["seconds"]), int(figures["applied"])
 

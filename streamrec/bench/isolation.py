@@ -6,6 +6,7 @@ import logging
 
 from confluent_kafka.admin import AdminClient
 
+from features.sharding import namespace_pattern
 from features.stores.redis_store import RedisStore
 from streamrec.settings import Settings
 from streams.io.kafka import client_config
@@ -48,5 +49,5 @@ def cleanup(settings: Settings) -> None:
         except Exception as exc:  # noqa: BLE001 - cleanup is best effort
             log.warning("could not delete a bench topic: %s", exc)
     store = RedisStore(settings.redis_url)
-    store.flush_namespace("{" + settings.namespace + "}:*")
+    store.flush_namespace(namespace_pattern(settings.namespace))
     store.close()

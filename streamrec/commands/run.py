@@ -41,7 +41,7 @@ def worker(
     ] = None,
 ) -> None:
     """Consume interactions and items from Kafka and apply them to Redis."""
-    from streamrec.wiring import kafka_worker, wait_for_store
+    from streamrec.wiring import kafka_worker, shard_layout, wait_for_store
 
     settings = setup_command(config)
     stop = stop_on_signals()
@@ -50,7 +50,7 @@ def worker(
         from streams.worker.metrics import WorkerMetrics
 
         WorkerMetrics(w).serve(settings.worker.metrics_port, stop)
-    if wait_for_store(w.store, "worker", stop):
+    if wait_for_store(w.store, "worker", stop, layout=shard_layout(settings), record_layout=True):
         w.run(stop)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from features.batch import WriteBatch
 from features.errors import InvalidEventError
 from features.keys import Keys
-from features.store import Store
+from features.store import PendingCommits, Store
 from streams.io.dead_letter import DeadLetterPolicy
 from streams.io.transport import RawMessage, TopicPartition
 from streams.schema import EventValidator, Impression, Interaction, Item
@@ -51,7 +51,10 @@ def read_checkpoint(
     store: Store, keys: Keys, topics: Sequence[str]
 ) -> tuple[PartitionMarks, PartitionMarks]:
     """Last applied offset and event-time watermark of each partition, as stored (what
-    :meth:`BatchPlanner.compute` writes)."""
+    :meth:`BatchPlanner.compute` writes), once every commit a crash left half-way is
+    finished: the state read next must hold everything the checkpoint says is applied."""
+    if isinstance(store, PendingCommits):
+        store.settle()
     names = [k for t in topics for k in (keys.applied_offsets(t), keys.watermarks(t))]
     tables = store.hgetall_many(names)
     offsets: PartitionMarks = {}

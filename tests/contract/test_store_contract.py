@@ -9,18 +9,28 @@ import pytest
 
 from features.batch import WriteBatch
 from features.keys import Keys
+from features.sharding import ShardLayout
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
+from features.stores.sharded_store import ShardedStore
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", "memory-sharded", "redis", "redis-cluster", "redis-sharded"])
 def store(request: pytest.FixtureRequest, namespace: str) -> Iterator[Store]:
+    """Each store, and a namespace split into shards (in memory, and on the 3-master
+    cluster): logical keys in, the same answers out."""
     if request.param == "memory":
         yield InMemoryStore()
+    elif request.param == "memory-sharded":
+        yield ShardedStore(InMemoryStore(), ShardLayout(namespace, 4))
     elif request.param == "redis":
         yield request.getfixturevalue("redis_store")
-    else:
+    elif request.param == "redis-cluster":
         yield request.getfixturevalue("redis_cluster_store")
+    else:
+        yield ShardedStore(
+            request.getfixturevalue("redis_cluster_store"), ShardLayout(namespace, 6)
+        )
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import httpx
 from confluent_kafka.admin import AdminClient
 
 from features.keys import Keys
+from features.sharding import namespace_pattern
 from features.stores.redis_store import RedisStore
 from streams.io.producer import EventProducer
 from streams.schema import Event
@@ -117,7 +118,7 @@ class Deployment:
             except Exception:  # noqa: BLE001, S110 - best-effort cleanup
                 pass
         store = RedisStore(self.redis_url)
-        store.flush_namespace("{" + self.namespace + "}:*")
+        store.flush_namespace(namespace_pattern(self.namespace))
         store.close()
 
 

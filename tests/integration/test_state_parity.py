@@ -8,8 +8,10 @@ import pytest
 
 from features.keys import Keys
 from features.settings import FeatureSettings
+from features.sharding import ShardLayout
+from features.store import Store
 from features.stores.memory_store import InMemoryStore
-from features.stores.redis_store import RedisStore
+from features.stores.sharded_store import ShardedStore
 from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.settings import WorkerSettings
 from streams.worker.pipeline import run_pipeline
@@ -25,14 +27,16 @@ def stream(seed: int, n: int) -> list:  # type: ignore[type-arg]
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
-def live_store(request: pytest.FixtureRequest) -> RedisStore:
-    """The single server, and the 3-master cluster (through redis-py's RedisCluster)."""
-    name = "redis_store" if request.param == "redis" else "redis_cluster_store"
-    store: RedisStore = request.getfixturevalue(name)
-    return store
+def live_store(request: pytest.FixtureRequest, namespace: str) -> Store:
+    """The single server, one shard; and the 3-master cluster (through redis-py's
+    RedisCluster) with the namespace split into 12 shards, compared after the shard merge."""
+    if request.param == "redis":
+        store: Store = request.getfixturevalue("redis_store")
+        return store
+    return ShardedStore(request.getfixturevalue("redis_cluster_store"), ShardLayout(namespace, 12))
 
 
-def test_memory_and_redis_end_with_identical_state(live_store: RedisStore, namespace: str) -> None:
+def test_memory_and_redis_end_with_identical_state(live_store: Store, namespace: str) -> None:
     events = stream(seed=11, n=20_000)
     features = FeatureSettings()
     # Small batches, so that many batch boundaries (and landmark reads) are exercised.
