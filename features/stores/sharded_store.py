@@ -9,6 +9,7 @@ commit (:meth:`ShardableStore.commit_sharded`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ from features.sharding import SPLIT, ShardLayout, merge_lowest, merge_tops
 from features.store import ShardableStore, Store
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ShardLayoutError(StreamrecError):
@@ -59,7 +61,10 @@ class ShardedStore:
 
     def settle(self) -> int:
         """Finish what a crashed worker decided but did not apply everywhere."""
-        return self.inner.settle_sharded(self.layout)
+        settled = self.inner.settle_sharded(self.layout)
+        if settled:
+            log.warning("finished %d batch(es) a crash left between shard commits", settled)
+        return settled
 
     # --- reads ---------------------------------------------------------------------------------
 

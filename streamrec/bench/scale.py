@@ -38,6 +38,7 @@ def _env(run: Settings) -> dict[str, str]:
         **os.environ,
         "STREAMREC_KAFKA_BOOTSTRAP": run.kafka_bootstrap,
         "STREAMREC_REDIS_URL": run.redis_url,
+        "STREAMREC_REDIS_SHARDS": str(run.redis_shards),
         "STREAMREC_NAMESPACE": run.namespace,
         "STREAMREC_WORKER__GROUP_ID": run.worker.group_id,
         "STREAMREC_WORKER__HEARTBEAT_S": "0.5",
@@ -76,10 +77,13 @@ def _applied(store: RedisStore, run: Settings) -> int:
     return sum(int(o) + 1 for table in store.hgetall_many(tables) for o in table.values())
 
 
-def _timed_run(settings: Settings, redis_url: str, workers: int, events: int, seed: int) -> float:
-    """Events/s of ``workers`` worker processes applying ``events`` events into ``redis_url``."""
+def _timed_run(
+    settings: Settings, redis_url: str, shards: int, workers: int, events: int, seed: int
+) -> float:
+    """Events/s of ``workers`` worker processes applying ``events`` events into ``redis_url``,
+    the namespace split into ``shards``."""
     run = isolated_settings(settings, uuid.uuid4().hex[:8]).model_copy(
-        update={"redis_url": redis_url}
+        update={"redis_url": redis_url, "redis_shards": shards}
     )
     run.topics.partitions = PARTITIONS
     create_topics(run.kafka_bootstrap, run.topics, run.kafka_config)
@@ -122,9 +126,15 @@ def _timed_run(settings: Settings, redis_url: str, workers: int, events: int, se
 
 
 def run_scale_bench(
-    settings: Settings, *, events: int, seed: int, cluster_url: str | None = None
+    settings: Settings,
+    *,
+    events: int,
+    seed: int,
+    cluster_url: str | None = None,
+    shards: int = 12,
 ) -> dict[str, Any]:
-    """1 worker on a single Redis, then 1 and 2 workers on a cluster, on the same stream."""
+    """1 worker on a single Redis (one shard), then 1 and 2 workers on a cluster (the
+    namespace in ``shards`` shards), on the same stream."""
     if cluster_url is None:
         services = settings.services.model_copy(
             update={"redis_cluster_nodes": max(settings.services.redis_cluster_nodes, 3)}
@@ -132,14 +142,15 @@ def run_scale_bench(
         settings = settings.model_copy(update={"services": services})
         cluster_url = f"redis+cluster://localhost:{services.redis_cluster_port}"
     ensure_services(settings)
-    single_1w = _timed_run(settings, settings.redis_url, 1, events, seed)
-    cluster_1w = _timed_run(settings, cluster_url, 1, events, seed)
-    cluster_2w = _timed_run(settings, cluster_url, 2, events, seed)
+    single_1w = _timed_run(settings, settings.redis_url, 1, 1, events, seed)
+    cluster_1w = _timed_run(settings, cluster_url, shards, 1, events, seed)
+    cluster_2w = _timed_run(settings, cluster_url, shards, 2, events, seed)
     figures: dict[str, Any] = {
         "bench": "scale",
         "events": events,
         "partitions": PARTITIONS,
         "cores": os.cpu_count(),
+        "shards": shards,
         "single_redis_1w": round(single_1w, 1),
         "cluster_1w": round(cluster_1w, 1),
         "cluster_2w": round(cluster_2w, 1),

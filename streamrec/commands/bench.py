@@ -164,12 +164,17 @@ def bench_scale(
             help="A Redis Cluster (redis+cluster://host:port); default: start a local one."
         ),
     ] = None,
+    shards: Annotated[
+        int, typer.Option(min=2, max=1024, help="Shards of the namespace on the cluster.")
+    ] = 12,
 ) -> None:
     """Events/s of 1 and 2 worker processes on 6 partitions: Redis Cluster and single Redis."""
     from streamrec.bench.scale import run_scale_bench
 
     settings = setup_command(config)
-    figures = run_scale_bench(settings, events=events, seed=seed, cluster_url=cluster_url)
+    figures = run_scale_bench(
+        settings, events=events, seed=seed, cluster_url=cluster_url, shards=shards
+    )
     typer.echo(orjson.dumps(figures).decode())
 
 

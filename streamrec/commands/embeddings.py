@@ -38,8 +38,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         learned vectors in Redis as its starting frame.
         """
         from features.keys import Keys
-        from features.stores.redis_store import RedisStore
-        from streamrec.wiring import wait_for_store
+        from streamrec.wiring import live_store, wait_for_store
         from streams.io.producer import EventProducer
         from streams.worker.embedding_refresh import EmbeddingRefresher
         from streams.worker.embedding_refresh import follow as follow_store
@@ -50,7 +49,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             console.print("learned embeddings are off (learning.embedding_refresh_s = 0)")
             raise typer.Exit(0)
         stop = stop_on_signals()
-        store = RedisStore(settings.redis_url)
+        store = live_store(settings)
         refresher = EmbeddingRefresher(
             store, Keys(settings.namespace), settings.features, settings.learning
         )

@@ -20,10 +20,9 @@ from rich.table import Table
 from features.keys import Keys
 from features.store import Store
 from features.stores.memory_store import InMemoryStore
-from features.stores.redis_store import RedisStore
 from streamrec.cli_common import ConfigOption, console, setup_command
 from streamrec.settings import Settings
-from streamrec.wiring import build_worker
+from streamrec.wiring import build_worker, live_store
 from streams.data.recording import RecordRange, record_topic
 from streams.data.verify import RecordedSource, StateDiff, diff_states, live_order, readable_state
 from streams.io.transport import RawMessage, TopicPartition
@@ -129,7 +128,7 @@ def verify(config: ConfigOption = None) -> None:
     family; exit 1 on a difference beyond the documented trimming."""
     settings = setup_command(config)
     keys = Keys(settings.namespace)
-    live = RedisStore(settings.redis_url)
+    live = live_store(settings)
     try:
         topics = settings.topics.worker_inputs
         before = applied_offsets(live, keys, topics)

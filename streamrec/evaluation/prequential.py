@@ -30,7 +30,7 @@ from streamrec.evaluation.baselines import ItemCovisitation, MostPopular
 from streamrec.evaluation.metrics import ExposureAccumulator, RankAccumulator, rank_of
 from streamrec.evaluation.session_baselines import SESSION_BASELINES
 from streamrec.settings import Settings
-from streamrec.wiring import build_worker, validator
+from streamrec.wiring import build_worker, sharded, validator
 from streams.io.bus import InProcessBus
 from streams.io.replica import IndexReplica
 from streams.io.transport import RawMessage
@@ -120,7 +120,8 @@ class PrequentialRun:
         self._now_s = 0.0  # event time: the live reader's caches age by it, as they would live
         self.settings = settings.model_copy(update={"funnel": funnel_settings})
         self.bus = InProcessBus(partitions=1, topics=settings.topics)
-        self.store = InMemoryStore()
+        # In as many shards as the settings say: a sharded layout must not change a feed.
+        self.store = sharded(InMemoryStore(), settings)
         self.worker = build_worker(
             self.settings,
             self.bus.source(settings.topics.worker_inputs, "evaluate"),

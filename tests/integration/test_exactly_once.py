@@ -22,8 +22,10 @@ import redis
 
 from features.keys import Keys
 from features.settings import FeatureSettings
+from features.sharding import ShardLayout
 from features.stores.memory_store import InMemoryStore
 from features.stores.redis_store import RedisStore
+from features.stores.sharded_store import ShardedStore
 from streams.data.simulator import SimulatorConfig, StreamSimulator
 from streams.io.producer import EventProducer
 from streams.schema import Event, Item
@@ -40,23 +42,21 @@ pytestmark = pytest.mark.integration
 #: on where batches are cut (as in any bounded heavy-hitter list). The bound is lifted here so
 #: that exactness can be checked pair by pair; the trimming has unit tests of its own.
 FEATURES = FeatureSettings(covisitation_neighbours=10_000)
+#: Shards of the namespace on the cluster: a few per master, as the README advises.
+CLUSTER_SHARDS = 12
 
 
 @pytest.fixture
 def deployment(request: pytest.FixtureRequest, kafka_bootstrap: str) -> Iterator[Deployment]:
     """Workers on the single Redis server, or (parametrised ``redis-cluster``) on the 3-master
-    cluster through redis-py's RedisCluster."""
+    cluster through redis-py's RedisCluster, the namespace split into :data:`CLUSTER_SHARDS`."""
     on_cluster = getattr(request, "param", "redis") == "redis-cluster"
     url = request.getfixturevalue("redis_cluster_url" if on_cluster else "redis_url")
+    env = {"STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(FEATURES.covisitation_neighbours)}
+    if on_cluster:
+        env["STREAMREC_REDIS_SHARDS"] = str(CLUSTER_SHARDS)
     with deployed(
-        Deployment(
-            kafka_bootstrap,
-            url,
-            partitions=6,
-            env={
-                "STREAMREC_FEATURES__COVISITATION_NEIGHBOURS": str(FEATURES.covisitation_neighbours)
-            },
-        ),
+        Deployment(kafka_bootstrap, url, partitions=6, env=env),
         start=False,
     ) as d:
         yield d
@@ -130,7 +130,10 @@ def ground_truth(deployment: Deployment, items: list[Event], events: list[Event]
 
 
 def redis_state(deployment: Deployment) -> dict:  # type: ignore[type-arg]
-    store = RedisStore(deployment.redis_url)
+    """The live state, after the shard merge on the cluster."""
+    shards = int(deployment.env.get("STREAMREC_REDIS_SHARDS", "1"))
+    inner = RedisStore(deployment.redis_url)
+    store = ShardedStore(inner, ShardLayout(deployment.namespace, shards)) if shards > 1 else inner
     try:
         return readable_state(store, deployment.keys, FEATURES, NOW_S)
     finally:

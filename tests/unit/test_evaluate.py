@@ -69,6 +69,14 @@ def test_the_same_stream_and_seed_give_the_same_numbers() -> None:
     assert len(first["series"]["evaluated"]) >= 3
 
 
+def test_a_namespace_in_shards_gives_the_same_feeds() -> None:
+    events = simulated(600)
+    whole = PrequentialRun(Settings(), EvalOptions(seed=7)).run(events)
+    in_shards = PrequentialRun(Settings(redis_shards=5), EvalOptions(seed=7)).run(events)
+    assert without_timing(in_shards) == without_timing(whole)
+    assert whole["evaluated"] > 300
+
+
 def test_allow_repeats_lets_an_item_seen_before_be_a_hit() -> None:
     events: list[Event] = [
         Item(item_id="a", ts=T0, category="news"),
