@@ -17,7 +17,11 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    NewTopic,
+    OffsetSpec,
+)
 
 from features.errors import TransportUnavailableError
 from streams.io.partitioning import JAVA_PARTITIONER
@@ -175,6 +179,11 @@ class KafkaSource:
             }
         )
         self._consumer = Consumer(config)
+        # Ends of partitions this consumer does not fetch are asked on a connection of their
+        # own, all in one request: on the consumer's, a ListOffsets queues behind the
+        # fetch long-poll (fetch.wait.max.ms, 500 ms) at the broker, once per partition.
+        self._admin_config = client_config(bootstrap, extra)
+        self._admin: AdminClient | None = None
         self.assigned: set[TP] = set()
         self.generation = 0
         self._partitions: dict[str, list[int]] = {}
@@ -267,15 +276,25 @@ class KafkaSource:
                 self._partitions_at[topic] = self.generation
             out: dict[int, int] = {}
             for p in self._partitions[topic]:
-                part, high = TopicPartition(topic, p), -1
                 if (topic, p) in self.assigned:
-                    _low, high = self._consumer.get_watermark_offsets(part, cached=True)
-                if high < 0:
-                    _low, high = self._consumer.get_watermark_offsets(part, timeout=10.0)
-                out[p] = high
+                    part = TopicPartition(topic, p)
+                    out[p] = self._consumer.get_watermark_offsets(part, cached=True)[1]
+            unknown = [p for p in self._partitions[topic] if out.get(p, -1) < 0]
+            out.update(self._ends(topic, unknown))
             return out
         except (KafkaException, KeyError) as exc:
             raise TransportUnavailableError(f"kafka unreachable: {exc}") from None
+
+    def _ends(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        """High watermarks of ``partitions`` from the broker, in one ListOffsets request."""
+        if not partitions:
+            return {}
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_config)
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        asked = {TopicPartition(topic, p): latest for p in partitions}
+        futures = self._admin.list_offsets(asked, request_timeout=10.0)
+        return {part.partition: future.result().offset for part, future in futures.items()}
 
     def lag(self) -> dict[TP, int]:
         """End offset minus position, from cached watermarks (no broker round trip)."""
