@@ -212,6 +212,10 @@ class WriteBatch:
         """Remove a key."""
         self._append(Delete(key))
 
+    def add(self, op: Op) -> None:
+        """Append a built op as it is (routing a batch's ops into per-slot batches)."""
+        self._append(op)
+
     def _append(self, op: Op) -> None:
         # A later increment must not merge across a write that reads or resets the same key.
         if isinstance(op, ZScalePrefix):

@@ -47,6 +47,9 @@ HOME, SPLIT = -1, -2
 SLOT_OFFSETS, PREPARED, PENDING, META = "slot-offsets", "prepared", "pending", "meta"
 BOOKKEEPING = frozenset({SLOT_OFFSETS, PREPARED, PENDING, META})
 
+#: Keys whose placement a layout remembers (about 100 bytes each) before it starts afresh.
+_MAX_KNOWN = 500_000
+
 #: Kind of the checkpoint table whose writes every shard keeps a copy of.
 OFFSETS = "offsets"
 
@@ -87,6 +90,9 @@ class ShardLayout:
         self.namespace, self.shards = namespace, shards
         self.home_tag = "{" + namespace + "}"
         self.tags = [self.shard_tag(s) for s in range(shards)]
+        # key -> (place, stored name or None for a split set): the same users' and items'
+        # keys come back batch after batch, and parsing them is most of routing's cost.
+        self._known: dict[str, tuple[int, str | None]] = {}
 
     def shard_tag(self, shard: int) -> str:
         """The hash tag of one shard."""
@@ -98,23 +104,35 @@ class ShardLayout:
 
     def place(self, key: str) -> int:
         """A logical key's shard; :data:`HOME` or :data:`SPLIT`."""
+        return self._lookup(key)[0]
+
+    def stored(self, key: str, shard: int | None = None) -> str:
+        """Where a logical key is stored (a split set's part in ``shard``)."""
+        _place, stored = self._lookup(key)
+        if stored is not None:
+            return stored
+        if shard is None:
+            raise ValueError(f"{key!r} is split over the shards: name one")
+        return self.tags[shard] + key[len(self.home_tag) :]
+
+    def _lookup(self, key: str) -> tuple[int, str | None]:
+        known = self._known.get(key)
+        if known is not None:
+            return known
         tag, kind, ident = kind_and_id(key)
         if tag != self.home_tag:
             raise ValueError(f"{key!r} is not a key of namespace {self.namespace!r}")
         if kind in ENTITY_KINDS:
-            return self.shard_of(ident)
-        return SPLIT if kind in SPLIT_KINDS else HOME
-
-    def stored(self, key: str, shard: int | None = None) -> str:
-        """Where a logical key is stored (a split set's part in ``shard``)."""
-        place = self.place(key)
-        if place == HOME:
-            return key
-        if place == SPLIT:
-            if shard is None:
-                raise ValueError(f"{key!r} is split over the shards: name one")
-            place = shard
-        return self.tags[place] + key[len(self.home_tag) :]
+            place = self.shard_of(ident)
+            known = (place, self.tags[place] + key[len(tag) :])
+        elif kind in SPLIT_KINDS:
+            known = (SPLIT, None)
+        else:
+            known = (HOME, key)
+        if len(self._known) >= _MAX_KNOWN:
+            self._known.clear()
+        self._known[key] = known
+        return known
 
     def parts(self, key: str) -> list[str]:
         """Every stored key holding part of a logical key (one, unless it is split)."""
@@ -124,9 +142,8 @@ class ShardLayout:
 
     def member_key(self, key: str, member: str) -> str:
         """The stored key holding ``member`` of a logical sorted set."""
-        if self.place(key) == SPLIT:
-            return self.stored(key, self.shard_of(member))
-        return self.stored(key)
+        _place, stored = self._lookup(key)
+        return stored if stored is not None else self.stored(key, self.shard_of(member))
 
     def logical(self, stored: str) -> str | None:
         """The logical key a stored key is (part of); None for the commit's bookkeeping."""
@@ -177,11 +194,11 @@ class ShardLayout:
         for op in batch:
             for shard, stored_op in self._route_op(op):
                 if shard == HOME:
-                    _append(routed.home, stored_op)
+                    routed.home.add(stored_op)
                     continue
                 if isinstance(stored_op, ZScale | ZScalePrefix):
                     routed.rotates = True
-                _append(routed.shards.setdefault(shard, WriteBatch()), stored_op)
+                routed.shards.setdefault(shard, WriteBatch()).add(stored_op)
             if isinstance(op, HSet) and kind_and_id(op.key)[1] == OFFSETS:
                 topic = kind_and_id(op.key)[2]
                 routed.marks.update({f"{topic}/{p}": o for p, o in op.fields.items()})
@@ -194,9 +211,9 @@ class ShardLayout:
                 rest = op.prefix[len(tag) :]
                 return [(s, ZScalePrefix(t + rest, op.factor)) for s, t in enumerate(self.tags)]
             return [(HOME, op)]
-        place = self.place(op.key)
-        if place != SPLIT:
-            return [(place, _renamed(op, self.stored(op.key)))]
+        place, stored = self._lookup(op.key)
+        if stored is not None:
+            return [(place, _renamed(op, stored))]
         match op:
             case ZIncrBy(key, amounts):
                 return [
@@ -250,35 +267,6 @@ def _renamed(op: Op, key: str) -> Op:
         case Delete():
             return Delete(key)
     raise TypeError(f"unknown store op {op!r}")
-
-
-def _append(batch: WriteBatch, op: Op) -> None:
-    """Add an already-built op to ``batch`` (through its API, which merges increments)."""
-    match op:
-        case ZIncrBy(key, amounts):
-            batch.zincrby_many(key, amounts)
-        case ZAdd(key, scores, greater):
-            batch.zadd(key, scores, greater=greater)
-        case ZRem(key, members):
-            batch.zrem(key, members)
-        case ZRemBelow(key, score):
-            batch.zrem_below(key, score)
-        case ZKeepTop(key, keep):
-            batch.zkeeptop(key, keep)
-        case ZScale(key, factor):
-            batch.zscale(key, factor)
-        case ZScalePrefix(prefix, factor):
-            batch.zscale_prefix(prefix, factor)
-        case HSet(key, fields):
-            batch.hset(key, fields)
-        case HSetNX(key, fields):
-            batch.hsetnx(key, fields)
-        case SetBytes(key, value, ttl_s):
-            batch.set_bytes(key, value, ttl_s=ttl_s)
-        case Expire(key, seconds):
-            batch.expire(key, seconds)
-        case Delete(key):
-            batch.delete(key)
 
 
 def namespace_pattern(namespace: str) -> str:
