@@ -2,18 +2,22 @@
 against a Redis Cluster and against a single Redis, in the same run.
 
 Each configuration gets topics and keys of its own. Its workers (`streamrec worker`
-processes, as a deployment runs them) start first; once their heartbeats show every
-partition assigned, the events are produced, and the clock runs from the first applied
-message to the last (read from the applied-offsets table, as `streamrec verify` counts).
+processes, as a deployment runs them) start first; once their group is stable with every
+partition held, they are stopped while the events are produced, then continued, and the
+clock runs from the first applied message to the last (read from the applied-offsets
+table, as `streamrec verify` counts). Over the same span the CPU of the workers, of every
+Redis node and of the broker is read, per event: the cost model the README projects from.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import ConsumerGroupState, KafkaException
@@ -21,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from features.keys import Keys
 from features.stores.redis_store import RedisStore
+from streamrec.bench.cpu import CpuSample
 from streamrec.bench.ingest import produce_simulated
 from streamrec.bench.isolation import cleanup, isolated_settings
 from streamrec.bench.report import print_table
@@ -77,11 +82,24 @@ def _applied(store: RedisStore, run: Settings) -> int:
     return sum(int(o) + 1 for table in store.hgetall_many(tables) for o in table.values())
 
 
+@dataclass
+class RunFigures:
+    """One configuration's throughput and the CPU its processes spent per event."""
+
+    events_per_s: float
+    cpu_us: dict[str, float]
+
+
 def _timed_run(
     settings: Settings, redis_url: str, shards: int, workers: int, events: int, seed: int
-) -> float:
+) -> RunFigures:
     """Events/s of ``workers`` worker processes applying ``events`` events into ``redis_url``,
-    the namespace split into ``shards``."""
+    the namespace split into ``shards``.
+
+    The workers are stopped (SIGSTOP) while the events are produced, then continued
+    together: the clock times them working through one backlog, without the bench's own
+    producer competing for the cores, and with the group already stable.
+    """
     run = isolated_settings(settings, uuid.uuid4().hex[:8]).model_copy(
         update={"redis_url": redis_url, "redis_shards": shards}
     )
@@ -106,7 +124,15 @@ def _timed_run(
                     f"{workers} worker(s) on {redis_url} did not take the partitions"
                 )
             time.sleep(0.1)
-        sent, _ = produce_simulated(run, events, seed)
+        for proc in procs:
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            sent, _ = produce_simulated(run, events, seed)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGCONT)
+        pids = [p.pid for p in procs]
+        cpu_start = CpuSample.take(pids, redis_url)
         first = None
         deadline = time.monotonic() + 600
         while (done := _applied(store, run)) < sent:
@@ -115,7 +141,9 @@ def _timed_run(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {done} of {sent} events applied on {redis_url}")
             time.sleep(_POLL_S)
-        return sent / (time.perf_counter() - (first or time.perf_counter()))
+        elapsed = time.perf_counter() - (first or time.perf_counter())
+        cpu = CpuSample.take(pids, redis_url).per_event_us(cpu_start, sent)
+        return RunFigures(sent / elapsed, cpu)
     finally:
         for proc in procs:
             proc.terminate()
@@ -142,19 +170,22 @@ def run_scale_bench(
         settings = settings.model_copy(update={"services": services})
         cluster_url = f"redis+cluster://localhost:{services.redis_cluster_port}"
     ensure_services(settings)
-    single_1w = _timed_run(settings, settings.redis_url, 1, 1, events, seed)
-    cluster_1w = _timed_run(settings, cluster_url, shards, 1, events, seed)
-    cluster_2w = _timed_run(settings, cluster_url, shards, 2, events, seed)
+    runs = {
+        "single_redis_1w": _timed_run(settings, settings.redis_url, 1, 1, events, seed),
+        "cluster_1w": _timed_run(settings, cluster_url, shards, 1, events, seed),
+        "cluster_2w": _timed_run(settings, cluster_url, shards, 2, events, seed),
+    }
     figures: dict[str, Any] = {
         "bench": "scale",
         "events": events,
         "partitions": PARTITIONS,
         "cores": os.cpu_count(),
         "shards": shards,
-        "single_redis_1w": round(single_1w, 1),
-        "cluster_1w": round(cluster_1w, 1),
-        "cluster_2w": round(cluster_2w, 1),
-        "speedup_2w": round(cluster_2w / cluster_1w, 3),
+        **{name: round(r.events_per_s, 1) for name, r in runs.items()},
+        "speedup_2w": round(runs["cluster_2w"].events_per_s / runs["cluster_1w"].events_per_s, 3),
     }
+    # The per-core cost model: CPU µs per event of the workers, Redis and the broker.
+    for name, r in runs.items():
+        figures.update({f"{name}_{kind}": us for kind, us in r.cpu_us.items()})
     print_table("scale: worker processes on a Redis Cluster and on a single Redis", figures)
     return figures
