@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from features.batch import (
@@ -58,8 +58,10 @@ OFFSETS = "offsets"
 class RoutedBatch:
     """A batch's writes grouped by slot, for the sharded commit.
 
-    ``home`` holds the guards and the writes to home keys; ``shards`` each shard's writes,
-    under stored names. ``marks`` is the batch's checkpoint (``topic/partition`` → last
+    ``home`` holds the guards and the writes to home keys; ``shards`` each shard's writes.
+    Ops keep their logical keys (renaming every op would cost more than routing it), except
+    a split set's parts, which name their stored keys: :meth:`ShardLayout.to_stored` names
+    any of them as stored. ``marks`` is the batch's checkpoint (``topic/partition`` → last
     applied offset): each shard keeps its own copy of it, written with the shard's writes, so
     a shard that already holds the batch skips it. ``rotates`` tells that a decay landmark
     moves (a shard's scores are rescaled), which no other batch may overlap.
@@ -90,6 +92,7 @@ class ShardLayout:
         self.namespace, self.shards = namespace, shards
         self.home_tag = "{" + namespace + "}"
         self.tags = [self.shard_tag(s) for s in range(shards)]
+        self._home_prefix = self.home_tag + ":"
         # key -> (place, stored name or None for a split set): the same users' and items'
         # keys come back batch after batch, and parsing them is most of routing's cost.
         self._known: dict[str, tuple[int, str | None]] = {}
@@ -133,6 +136,12 @@ class ShardLayout:
             self._known.clear()
         self._known[key] = known
         return known
+
+    def to_stored(self, key: str) -> str:
+        """Where a routed op's key is stored (a logical key, or a split set's stored part)."""
+        if key.startswith(self._home_prefix):
+            return self.stored(key)
+        return key
 
     def parts(self, key: str) -> list[str]:
         """Every stored key holding part of a logical key (one, unless it is split)."""
@@ -213,7 +222,7 @@ class ShardLayout:
             return [(HOME, op)]
         place, stored = self._lookup(op.key)
         if stored is not None:
-            return [(place, _renamed(op, stored))]
+            return [(place, op)]
         match op:
             case ZIncrBy(key, amounts):
                 return [
@@ -229,7 +238,7 @@ class ShardLayout:
                 parts = self._by_member(dict.fromkeys(members, 0.0))
                 return [(s, ZRem(self.stored(key, s), tuple(part))) for s, part in parts.items()]
             case ZRemBelow() | ZScale() | Expire() | Delete():
-                return [(s, _renamed(op, self.stored(op.key, s))) for s in range(self.shards)]
+                return [(s, _with_key(op, self.stored(op.key, s))) for s in range(self.shards)]
         raise ValueError(f"{type(op).__name__} on {op.key!r}: a split set cannot take it")
 
     def _by_member(self, scores: Mapping[str, float]) -> dict[int, dict[str, float]]:
@@ -239,10 +248,16 @@ class ShardLayout:
         return out
 
 
-def _renamed(op: Op, key: str) -> Op:
-    """``op`` on another key (the same object when the key is unchanged)."""
-    if isinstance(op, ZScalePrefix) or op.key == key:
+def renamed(op: Op, to_stored: Callable[[str], str]) -> Op:
+    """``op`` on its stored key (a prefix rescale is routed already)."""
+    if isinstance(op, ZScalePrefix):
         return op
+    key = to_stored(op.key)
+    return op if key == op.key else _with_key(op, key)
+
+
+def _with_key(op: Op, key: str) -> Op:
+    """``op`` on another key."""
     match op:
         case ZIncrBy(_, amounts):
             return ZIncrBy(key, amounts)
@@ -266,6 +281,8 @@ def _renamed(op: Op, key: str) -> Op:
             return Expire(key, seconds)
         case Delete():
             return Delete(key)
+        case ZScalePrefix():
+            return op
     raise TypeError(f"unknown store op {op!r}")
 
 

@@ -24,7 +24,7 @@ from features.batch import (
     ZScalePrefix,
 )
 from features.errors import ConflictError
-from features.sharding import RoutedBatch, ShardLayout
+from features.sharding import RoutedBatch, ShardLayout, renamed
 
 
 def _rank_key(item: tuple[str, float]) -> tuple[float, bytes]:
@@ -91,7 +91,7 @@ class InMemoryStore:
                 self._apply(op)
             for shard, group in sorted(routed.shards.items()):
                 for op in group:
-                    self._apply(op)
+                    self._apply(renamed(op, layout.to_stored))
                 if routed.marks:
                     self._apply(HSet(layout.slot_offsets_key(shard), dict(routed.marks)))
 

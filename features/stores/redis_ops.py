@@ -10,6 +10,7 @@ applied atomically, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -231,8 +232,11 @@ return out
 """
 
 
-def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
+def encode_ops(
+    batch: WriteBatch, stored: Callable[[str], str] | None = None
+) -> tuple[list[str], list[bytes]]:
     """KEYS and ARGV for :data:`APPLY_OPS_LUA`: guards and ops as msgpack, then byte values.
+    ``stored`` names each key as it is stored (a sharded namespace's layout).
 
     Scores travel as msgpack doubles, and Redis turns a Lua number back into the shortest
     string that reads as the same double, so Redis applies exactly the numbers the in-memory
@@ -260,7 +264,7 @@ def encode_ops(batch: WriteBatch) -> tuple[list[str], list[bytes]]:
     def key_of(key: str) -> int:
         slot = index.get(key)
         if slot is None:
-            keys.append(key)
+            keys.append(key if stored is None else stored(key))
             slot = index[key] = len(keys)
         return slot
 

@@ -66,11 +66,23 @@ class ShardedCommit:
         self.client, self.call = client, call
         self._decide = client.register_script(DECIDE_LUA)
         self._apply = client.register_script(APPLY_PREPARED_LUA)
+        #: Batches this client is committing: settling them here would race its own
+        #: commit (a pipelined worker reads its checkpoint while a commit is in flight).
+        self._own: set[str] = set()
 
     def commit(self, routed: RoutedBatch, layout: ShardLayout) -> None:
         """Prepare, decide, apply and finish one routed batch."""
         batch_id = uuid.uuid4().hex
-        shares = {s: encode_ops(group) for s, group in sorted(routed.shards.items())}
+        self._own.add(batch_id)
+        try:
+            self._commit(routed, layout, batch_id)
+        finally:
+            self._own.discard(batch_id)
+
+    def _commit(self, routed: RoutedBatch, layout: ShardLayout, batch_id: str) -> None:
+        shares = {
+            s: encode_ops(group, layout.to_stored) for s, group in sorted(routed.shards.items())
+        }
         marks = [x for pair in sorted(routed.marks.items()) for x in pair]
         pipe = self.client.pipeline(transaction=False)
         for shard, (keys, argv) in shares.items():
@@ -95,9 +107,10 @@ class ShardedCommit:
         pending: dict[bytes, bytes] = self.call(
             "settle", lambda: self.client.hgetall(layout.pending_key())
         )
-        for raw_id, record in pending.items():
-            self._finish(layout, raw_id.decode(), record)
-        return len(pending)
+        others = {i.decode(): r for i, r in pending.items() if i.decode() not in self._own}
+        for batch_id, record in others.items():
+            self._finish(layout, batch_id, record)
+        return len(others)
 
     def _finish(self, layout: ShardLayout, batch_id: str, record: bytes) -> None:
         """Apply one pending batch wherever it is missing, then drop its record."""

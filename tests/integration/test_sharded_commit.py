@@ -117,7 +117,7 @@ def test_a_shard_that_holds_the_batch_skips_it_and_a_stale_batch_conflicts(
     marks = [x for pair in sorted(routed.marks.items()) for x in pair]
     # A zombie re-sending its share of a batch every shard holds: nothing changes.
     for shard, group in routed.shards.items():
-        share_keys, _ = encode_ops(group)
+        share_keys, _ = encode_ops(group, layout.to_stored)
         commit._apply_share(layout, shard, "gone", share_keys, msgpack.encode(marks))  # noqa: SLF001
     assert sharded.dump(keys.prefix) == expected(keys, first)
     with pytest.raises(ConflictError):
