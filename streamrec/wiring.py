@@ -46,11 +46,10 @@ def shard_layout(settings: Settings) -> ShardLayout:
     return ShardLayout(settings.namespace, settings.redis_shards)
 
 
-def live_store(settings: Settings, url: str | None = None) -> Store:
-    """The Redis store of the live state (``url``: another server of the same deployment),
-    split into ``redis_shards`` shards when there are more than one."""
-    store = RedisStore(url or settings.redis_url)
-    return sharded(store, settings)
+def live_store(settings: Settings) -> Store:
+    """The Redis store of the live state, split into ``redis_shards`` shards when there are
+    more than one."""
+    return sharded(RedisStore(settings.redis_url), settings)
 
 
 def sharded(store: ShardableStore, settings: Settings) -> Store:

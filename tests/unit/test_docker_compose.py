@@ -77,6 +77,11 @@ def test_the_cluster_profile_has_three_cluster_masters_and_their_create_step() -
     create = " ".join(services["redis-cluster-create"]["command"])
     assert "--cluster create" in create and "--cluster-replicas 0" in create
     assert set(services["redis-cluster-create"]["depends_on"]) == set(nodes)
+    workers = services["worker-cluster"]
+    assert workers["profiles"] == ["cluster"] and workers["deploy"]["replicas"] == 2
+    assert workers["environment"]["STREAMREC_REDIS_URL"] == "redis+cluster://redis-cluster-1:7000"
+    assert int(workers["environment"]["STREAMREC_REDIS_SHARDS"]) > 1
+    Settings.model_validate({"redis_url": workers["environment"]["STREAMREC_REDIS_URL"]})
 
 
 @pytest.mark.skipif(_compose_command() is None, reason="no docker compose client installed")
