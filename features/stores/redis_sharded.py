@@ -98,9 +98,30 @@ class ShardedCommit:
             self._drop(layout, batch_id, list(shares))
             raise
         marks_arg = _MSGPACK.encode(marks)
-        for shard, (keys, _argv) in shares.items():
-            self._apply_share(layout, shard, batch_id, keys, marks_arg)
+        self._apply_shares(
+            layout, batch_id, {s: keys for s, (keys, _) in shares.items()}, marks_arg
+        )
         self.call("finish", lambda: self.client.hdel(layout.pending_key(), batch_id))
+
+    def _apply_shares(
+        self, layout: ShardLayout, batch_id: str, keys: dict[int, list[str]], marks: bytes
+    ) -> None:
+        """Step 3 for every shard at once: one pipeline, which a cluster client sends to all
+        nodes before it reads a reply, so the nodes apply their shares side by side."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard, share_keys in keys.items():
+            script_keys = [
+                layout.prepared_key(shard, batch_id),
+                layout.slot_offsets_key(shard),
+                *share_keys,
+            ]
+            pipe.evalsha(self._apply.sha, len(script_keys), *script_keys, marks)
+        replies = self.call("apply", lambda: pipe.execute(raise_on_error=False))
+        for (shard, share_keys), reply in zip(keys.items(), replies, strict=True):
+            if isinstance(reply, Exception):
+                # NOSCRIPT (a node that restarted), or a real error: the share alone again,
+                # through the script object, which loads the script and raises what is left.
+                self._apply_share(layout, shard, batch_id, share_keys, marks)
 
     def settle(self, layout: ShardLayout) -> int:
         """Apply every pending batch to the shards that lack it; return how many there were."""

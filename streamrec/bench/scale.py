@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from statistics import median
 from typing import Any
 
 from confluent_kafka import ConsumerGroupState, KafkaException
@@ -160,9 +161,12 @@ def run_scale_bench(
     seed: int,
     cluster_url: str | None = None,
     shards: int = 12,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     """1 worker on a single Redis (one shard), then 1 and 2 workers on a cluster (the
-    namespace in ``shards`` shards), on the same stream."""
+    namespace in ``shards`` shards), on the same stream; ``repeats`` rounds of the three,
+    each figure the median of its rounds (a shared machine's noise moves single runs by a
+    fifth), and ``speedup_2w`` the median of the rounds' own ratios."""
     if cluster_url is None:
         services = settings.services.model_copy(
             update={"redis_cluster_nodes": max(settings.services.redis_cluster_nodes, 3)}
@@ -170,22 +174,35 @@ def run_scale_bench(
         settings = settings.model_copy(update={"services": services})
         cluster_url = f"redis+cluster://localhost:{services.redis_cluster_port}"
     ensure_services(settings)
-    runs = {
-        "single_redis_1w": _timed_run(settings, settings.redis_url, 1, 1, events, seed),
-        "cluster_1w": _timed_run(settings, cluster_url, shards, 1, events, seed),
-        "cluster_2w": _timed_run(settings, cluster_url, shards, 2, events, seed),
+    configs = {
+        "single_redis_1w": (settings.redis_url, 1, 1),
+        "cluster_1w": (cluster_url, shards, 1),
+        "cluster_2w": (cluster_url, shards, 2),
     }
+    rounds: list[dict[str, RunFigures]] = []
+    for _ in range(repeats):
+        rounds.append(
+            {
+                name: _timed_run(settings, url, n_shards, workers, events, seed)
+                for name, (url, n_shards, workers) in configs.items()
+            }
+        )
+    speedups = [r["cluster_2w"].events_per_s / r["cluster_1w"].events_per_s for r in rounds]
     figures: dict[str, Any] = {
         "bench": "scale",
         "events": events,
         "partitions": PARTITIONS,
         "cores": os.cpu_count(),
         "shards": shards,
-        **{name: round(r.events_per_s, 1) for name, r in runs.items()},
-        "speedup_2w": round(runs["cluster_2w"].events_per_s / runs["cluster_1w"].events_per_s, 3),
+        "repeats": repeats,
     }
+    for name in configs:
+        figures[name] = round(median(r[name].events_per_s for r in rounds), 1)
+    figures["speedup_2w"] = round(median(speedups), 3)
+    figures["speedup_2w_rounds"] = [round(x, 3) for x in speedups]
     # The per-core cost model: CPU µs per event of the workers, Redis and the broker.
-    for name, r in runs.items():
-        figures.update({f"{name}_{kind}": us for kind, us in r.cpu_us.items()})
+    for name in configs:
+        for kind in rounds[0][name].cpu_us:
+            figures[f"{name}_{kind}"] = round(median(r[name].cpu_us[kind] for r in rounds), 1)
     print_table("scale: worker processes on a Redis Cluster and on a single Redis", figures)
     return figures

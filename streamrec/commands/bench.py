@@ -167,13 +167,21 @@ def bench_scale(
     shards: Annotated[
         int, typer.Option(min=2, max=1024, help="Shards of the namespace on the cluster.")
     ] = 12,
+    repeats: Annotated[
+        int, typer.Option(min=1, max=20, help="Rounds of the three runs; figures are medians.")
+    ] = 3,
 ) -> None:
     """Events/s of 1 and 2 worker processes on 6 partitions: Redis Cluster and single Redis."""
     from streamrec.bench.scale import run_scale_bench
 
     settings = setup_command(config)
     figures = run_scale_bench(
-        settings, events=events, seed=seed, cluster_url=cluster_url, shards=shards
+        settings,
+        events=events,
+        seed=seed,
+        cluster_url=cluster_url,
+        shards=shards,
+        repeats=repeats,
     )
     typer.echo(orjson.dumps(figures).decode())
 

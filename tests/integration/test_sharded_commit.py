@@ -70,12 +70,25 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, method: str, calls: int) -> Non
     monkeypatch.setattr(ShardedCommit, method, step)
 
 
+def crash_between_shards(monkeypatch: pytest.MonkeyPatch, applied: int) -> None:
+    """Apply the first ``applied`` shares of the next batch, then die."""
+
+    def partial(
+        self: ShardedCommit, layout: ShardLayout, batch_id: str, keys: dict, marks: bytes
+    ) -> None:  # type: ignore[type-arg]
+        for shard, share_keys in list(keys.items())[:applied]:
+            self._apply_share(layout, shard, batch_id, share_keys, marks)  # noqa: SLF001
+        raise Crash("killed between shard commits")
+
+    monkeypatch.setattr(ShardedCommit, "_apply_shares", partial)
+
+
 def test_a_crash_between_shard_commits_is_finished_from_the_prepared_shares(
     sharded: ShardedStore, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keys = Keys(namespace)
     first = batch_at(keys, 10, stored=None)
-    crash_after(monkeypatch, "_apply_share", calls=2)
+    crash_between_shards(monkeypatch, applied=2)
     with pytest.raises(Crash):
         sharded.commit(first)
     monkeypatch.undo()
@@ -131,7 +144,7 @@ def test_a_landmark_move_waits_for_the_pending_batches(
 ) -> None:
     keys = Keys(namespace)
     first = batch_at(keys, 10, stored=None)
-    crash_after(monkeypatch, "_apply_share", calls=1)
+    crash_between_shards(monkeypatch, applied=1)
     with pytest.raises(Crash):
         sharded.commit(first)  # decided, one shard applied, then the worker died
     monkeypatch.undo()
@@ -141,3 +154,15 @@ def test_a_landmark_move_waits_for_the_pending_batches(
     # Another worker's rotation finds the batch pending (BUSY), finishes it, then decides.
     sharded.inner.commit_sharded(routed, sharded.layout)
     assert sharded.dump(keys.prefix) == expected(keys, first, rotating)
+
+
+def test_nodes_that_lost_their_scripts_still_apply_every_share(
+    sharded: ShardedStore, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    first = batch_at(keys, 10, stored=None)
+    sharded.commit(first)
+    sharded.inner._client.script_flush()  # noqa: SLF001 - as after a node restart
+    second = batch_at(keys, 20, stored=10)
+    sharded.commit(second)
+    assert sharded.dump(keys.prefix) == expected(keys, first, second)
