@@ -9,8 +9,9 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from features.batch import (
@@ -63,7 +64,8 @@ class RedisStore:
         }
         # Typed as a Redis: RedisCluster takes the same commands, routed by key slot.
         self._client: redis.Redis
-        if is_cluster_url(url):
+        self._cluster = is_cluster_url(url)
+        if self._cluster:
             try:
                 # Unlike a single server's, the cluster client connects at once (it reads
                 # the slot map): an unreachable cluster is an unavailable store.
@@ -135,9 +137,7 @@ class RedisStore:
         """ZREVRANGE … WITHSCORES of several keys in one script call."""
         if not keys or k <= 0:
             return [[] for _ in keys]
-        rows: list[list[bytes]] = self._call(
-            "top_many", lambda: self._top_many(keys=list(keys), args=[k])
-        )
+        rows: list[list[bytes]] = self._per_slot("top_many", self._top_many, list(keys), [k])
         return [_pairs(row) for row in rows]
 
     def values_and_tops(
@@ -146,6 +146,8 @@ class RedisStore:
         """GET of ``value_keys`` and ZREVRANGE of ``top_keys``, in one script call."""
         if k <= 0:
             return self.get_bytes(value_keys), [[] for _ in top_keys]
+        if self._cluster:  # the keys span slots: one pipelined round trip over the nodes
+            return self.get_bytes(value_keys), self.top_many(top_keys, k)
         keys = [*value_keys, *top_keys]
         if not keys:
             return [], []
@@ -199,8 +201,8 @@ class RedisStore:
         return out
 
     def _zscores_chunk(self, keys: list[str], members: list[str]) -> list[list[bytes | None]]:
-        rows: list[list[bytes | None]] = self._call(
-            "zscores_many", lambda: self._zscores_many(keys=keys, args=members)
+        rows: list[list[bytes | None]] = self._per_slot(
+            "zscores_many", self._zscores_many, keys, members
         )
         return rows
 
@@ -227,16 +229,46 @@ class RedisStore:
         """HGET of one field from many hashes, in one script call."""
         if not keys:
             return []
-        rows: list[bytes | None] = self._call(
-            "hget_many", lambda: self._hget_many(keys=list(keys), args=[field])
-        )
+        rows: list[bytes | None] = self._per_slot("hget_many", self._hget_many, list(keys), [field])
         return [None if v is None else v.decode() for v in rows]
 
     def get_bytes(self, keys: Sequence[str]) -> list[bytes | None]:
         """MGET."""
         if not keys:
             return []
+        if self._cluster:  # one MGET per slot, pipelined over the nodes
+            mget = self._client.mget_nonatomic  # type: ignore[attr-defined]
+            return list(self._call("get_bytes", lambda: mget(list(keys))))
         return list(self._call("get_bytes", lambda: self._client.mget(list(keys))))
+
+    def _per_slot(self, what: str, script: Script, keys: list[str], args: list[Any]) -> list[Any]:
+        """A script that answers one entry per key, run over keys of any slots: on a
+        cluster, once per slot, the calls pipelined over the nodes (one round trip)."""
+        groups: dict[int, list[int]] = {}
+        if self._cluster:
+            for index, key in enumerate(keys):
+                groups.setdefault(self._client.keyslot(key), []).append(index)  # type: ignore[attr-defined]
+        if len(groups) <= 1:
+            return list(self._call(what, lambda: script(keys=keys, args=args)))
+
+        def pipelined() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for indices in groups.values():
+                pipe.evalsha(script.sha, len(indices), *(keys[i] for i in indices), *args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            return replies
+
+        replies = self._call(what, pipelined)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            self._call(what, lambda: self._client.script_load(script.script))
+            replies = self._call(what, pipelined)
+        out: list[Any] = [None] * len(keys)
+        for indices, reply in zip(groups.values(), replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for index, value in zip(indices, reply, strict=True):
+                out[index] = value
+        return out
 
     def ttl(self, key: str) -> int | None:
         """TTL, with Redis's -1/-2 mapped to None."""

@@ -1,24 +1,23 @@
 """A store over a namespace split into shards: logical keys in, stored keys out.
 
 Writers and readers keep the logical keys of :class:`features.keys.Keys`; this wrapper maps
-them through a :class:`features.sharding.ShardLayout`. Every call it makes to the store
-beneath stays inside one hash tag (one Redis Cluster slot), reads of a split sorted set merge
-its shards' tops, and a commit that writes more than one slot goes to the store's sharded
-commit (:meth:`ShardableStore.commit_sharded`).
+them through a :class:`features.sharding.ShardLayout`. Reads of a split sorted set merge its
+shards' tops; a read over many keys goes down as one call, which the store beneath answers
+across slots (:class:`features.stores.redis_store.RedisStore` pipelines one script per slot
+over a cluster's nodes); a commit that writes more than one slot goes to the store's
+sharded commit (:meth:`features.store.ShardableStore.commit_sharded`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 from features.batch import WriteBatch
 from features.errors import ConflictError, StreamrecError
 from features.sharding import SPLIT, ShardLayout, merge_lowest, merge_tops
 from features.store import ShardableStore, Store
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -73,9 +72,9 @@ class ShardedStore:
         return self.top_many([key], k)[0]
 
     def top_many(self, keys: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-        """:meth:`top` of several keys, one call per slot."""
+        """:meth:`top` of several keys."""
         parts = [self.layout.parts(key) for key in keys]
-        rows = self._per_tag([p for ps in parts for p in ps], lambda ks: self.inner.top_many(ks, k))
+        rows = self.inner.top_many([p for ps in parts for p in ps], k)
         out: list[list[tuple[str, float]]] = []
         at = 0
         for ps in parts:
@@ -121,13 +120,12 @@ class ShardedStore:
         return self.inner.hgetall_many([self._one(k) for k in keys])
 
     def hget_many(self, keys: Sequence[str], field: str) -> list[str | None]:
-        """One field of many hashes, one call per slot."""
-        stored = [self._one(k) for k in keys]
-        return self._per_tag(stored, lambda ks: self.inner.hget_many(ks, field))
+        """One field of many hashes."""
+        return self.inner.hget_many([self._one(k) for k in keys], field)
 
     def get_bytes(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Plain values, one call per slot."""
-        return self._per_tag([self._one(k) for k in keys], self.inner.get_bytes)
+        """Plain values."""
+        return self.inner.get_bytes([self._one(k) for k in keys])
 
     def ttl(self, key: str) -> int | None:
         """A key's time to live."""
@@ -165,19 +163,6 @@ class ShardedStore:
         if place == SPLIT:
             raise ValueError(f"{key!r} is split over the shards: read it with top or zscores")
         return self.layout.stored(key)
-
-    def _per_tag(self, stored: list[str], read: Callable[[list[str]], list[T]]) -> list[T]:
-        """``read`` once per hash tag over its keys, answers back in the keys' order."""
-        by_tag: dict[str, list[int]] = {}
-        for index, key in enumerate(stored):
-            by_tag.setdefault(self.layout.tag_of(key), []).append(index)
-        if len(by_tag) <= 1:
-            return read(stored) if stored else []
-        out: list[T | None] = [None] * len(stored)
-        for indices in by_tag.values():
-            for index, value in zip(indices, read([stored[i] for i in indices]), strict=True):
-                out[index] = value
-        return out  # type: ignore[return-value]
 
 
 def check_layout(store: Store, layout: ShardLayout, *, record: bool) -> None:
