@@ -204,5 +204,10 @@ def run_scale_bench(
     for name in configs:
         for kind in rounds[0][name].cpu_us:
             figures[f"{name}_{kind}"] = round(median(r[name].cpu_us[kind] for r in rounds), 1)
+    # Cores that 2 workers would need to each go as fast as 1 alone: at the 1-worker rate,
+    # twice the CPU of every process per event. Above the machine's cores, the cores bound
+    # speedup_2w rather than Redis or the code.
+    per_event_us = sum(figures[f"cluster_1w_{kind}"] for kind in rounds[0]["cluster_1w"].cpu_us)
+    figures["cores_for_2x"] = round(2 * figures["cluster_1w"] * per_event_us / 1e6, 2)
     print_table("scale: worker processes on a Redis Cluster and on a single Redis", figures)
     return figures

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli_common import ConfigOption, setup_command, stop_on_signals
+from streamrec.cli_common import ConfigOption, console, setup_command, stop_on_signals
 
 
 def produce(
@@ -41,6 +41,7 @@ def worker(
     ] = None,
 ) -> None:
     """Consume interactions and items from Kafka and apply them to Redis."""
+    from features.stores.sharded_store import ShardLayoutError
     from streamrec.wiring import kafka_worker, shard_layout, wait_for_store
 
     settings = setup_command(config)
@@ -50,7 +51,14 @@ def worker(
         from streams.worker.metrics import WorkerMetrics
 
         WorkerMetrics(w).serve(settings.worker.metrics_port, stop)
-    if wait_for_store(w.store, "worker", stop, layout=shard_layout(settings), record_layout=True):
+    try:
+        ready = wait_for_store(
+            w.store, "worker", stop, layout=shard_layout(settings), record_layout=True
+        )
+    except ShardLayoutError as exc:
+        console.print(f"[red]worker: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if ready:
         w.run(stop)
 
 

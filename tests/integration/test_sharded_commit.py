@@ -3,6 +3,9 @@ with the batch exactly once, after the next checkpoint read settles it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +20,7 @@ from features.stores.memory_store import InMemoryStore
 from features.stores.redis_ops import encode_ops
 from features.stores.redis_sharded import ShardedCommit
 from features.stores.redis_store import RedisStore
-from features.stores.sharded_store import ShardedStore
+from features.stores.sharded_store import ShardedStore, check_layout
 from streams.worker.planner import read_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -170,3 +173,25 @@ def test_nodes_that_lost_their_scripts_still_answer_and_apply_every_share(
     second = batch_at(keys, 20, stored=10)
     sharded.commit(second)
     assert sharded.dump(keys.prefix) == expected(keys, first, second)
+
+
+def test_a_worker_refuses_a_store_written_in_other_shards(
+    redis_cluster_store: RedisStore, redis_cluster_url: str, namespace: str
+) -> None:
+    check_layout(redis_cluster_store, ShardLayout(namespace, SHARDS), record=True)
+    env = {
+        **os.environ,
+        "STREAMREC_REDIS_URL": redis_cluster_url,
+        "STREAMREC_NAMESPACE": namespace,
+        "STREAMREC_REDIS_SHARDS": "4",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "streamrec", "worker"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr.decode()[-2000:]
+    said = " ".join((result.stdout + result.stderr).decode().split())
+    assert f"stored in {SHARDS} shard(s)" in said and "STREAMREC_REDIS_SHARDS=6" in said, said
