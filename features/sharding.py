@@ -281,8 +281,6 @@ def _with_key(op: Op, key: str) -> Op:
             return Expire(key, seconds)
         case Delete():
             return Delete(key)
-        case ZScalePrefix():
-            return op
     raise TypeError(f"unknown store op {op!r}")
 
 
