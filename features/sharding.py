@@ -161,10 +161,6 @@ class ShardLayout:
             return None
         return self.home_tag + stored[len(tag) :]
 
-    def tag_of(self, stored: str) -> str:
-        """The hash tag (so the slot) of a stored key."""
-        return kind_and_id(stored)[0]
-
     def prefixes(self, logical_prefix: str) -> list[str]:
         """The stored prefixes that together hold every key under ``logical_prefix``."""
         if not logical_prefix.startswith(self.home_tag):
